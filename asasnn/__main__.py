@@ -1,0 +1,3 @@
+from asasnn.cli import main
+
+raise SystemExit(main())

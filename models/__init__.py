@@ -1,0 +1,1 @@
+"""Networks, spiking dynamics, event encoding and the stepwise runtime shared by training and service."""
