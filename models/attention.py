@@ -72,7 +72,9 @@ def hard_mask(select: Tensor, score: Tensor, grad: MaskGrad) -> Tensor:
     if grad == "none":
         return hard
     soft = torch.sigmoid(score)
-    return hard + soft - soft.detach()
+    # Parenthesised so the forward value is exactly 0 or 1: ``(hard + soft) - soft`` rounds to
+    # 1 - 2**-24 for about one "1" in five in float32.
+    return hard + (soft - soft.detach())
 
 
 class SpatialMap(nn.Module):

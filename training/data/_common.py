@@ -83,7 +83,7 @@ def slice_time(events: np.ndarray, start: int | None, end: int | None) -> np.nda
     t = events["t"]
     lo = 0 if start is None else int(np.searchsorted(t, start, side="left"))
     hi = t.size if end is None else int(np.searchsorted(t, end, side="left"))
-    return events[lo:max(lo, hi)].copy()
+    return events[lo : max(lo, hi)].copy()
 
 
 class SampleCache:

@@ -91,14 +91,17 @@ def read_aedat3(path: str | os.PathLike[str]) -> np.ndarray:
             raise DatasetError(
                 "truncated",
                 path,
-                f"truncated packet header at byte {pos}: {n - pos} bytes left, a header has {PACKET_HEADER.size}",
+                f"truncated packet header at byte {pos}: {n - pos} bytes left, "
+                f"a header has {PACKET_HEADER.size}",
             )
         etype, _source, esize, ts_offset, overflow, _capacity, number, _valid = PACKET_HEADER.unpack_from(
             data, pos
         )
         if esize <= 0 or number < 0:
             raise DatasetError(
-                "bad_packet", path, f"bad packet header at byte {pos}: eventSize={esize}, eventNumber={number}"
+                "bad_packet",
+                path,
+                f"bad packet header at byte {pos}: eventSize={esize}, eventNumber={number}",
             )
         body = pos + PACKET_HEADER.size
         end = body + number * esize
@@ -177,7 +180,7 @@ def write_aedat3(
 
     header = f"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source {source_id}: {source_name}\r\n#!END-HEADER\r\n"
     starts = np.flatnonzero(np.diff(high)) + 1
-    runs = zip(np.r_[0, starts].astype(int), np.r_[starts, t.size].astype(int))
+    runs = zip(np.r_[0, starts].astype(int), np.r_[starts, t.size].astype(int), strict=True)
     path = Path(path)
     with open(path, "wb") as f:
         f.write(header.encode("ascii"))

@@ -175,7 +175,9 @@ class DVS128Gesture:
 
 
 def prepare_cache(
-    root: str | os.PathLike[str], cache_dir: str | os.PathLike[str], splits: tuple[str, ...] = ("train", "test")
+    root: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str],
+    splits: tuple[str, ...] = ("train", "test"),
 ) -> int:
     """Decode every listed recording once and store each sample under ``cache_dir``; return the
     number of samples in the cache. Samples already cached are left alone."""

@@ -1,0 +1,20 @@
+"""DVS events: the record type, binning into frames (shared by training and serving), file I/O."""
+
+from models.events.binner import BinnerConfig, FrameBinner, encode_events
+from models.events.readers import read_events, write_aedat4, write_numpy
+from models.events.types import EVENT_BYTES, EVENT_DTYPE, EventError, SensorSize, make_events, validate_events
+
+__all__ = [
+    "EVENT_BYTES",
+    "EVENT_DTYPE",
+    "BinnerConfig",
+    "EventError",
+    "FrameBinner",
+    "SensorSize",
+    "encode_events",
+    "make_events",
+    "read_events",
+    "validate_events",
+    "write_aedat4",
+    "write_numpy",
+]

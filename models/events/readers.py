@@ -1,0 +1,228 @@
+"""Event files in and out: AEDAT4 (through dv-processing) and numpy ``.npy`` / ``.npz``.
+
+Every reader returns events in :data:`EVENT_DTYPE`, checked by :func:`validate_events` (sorted,
+polarity 0/1, inside the sensor), so what comes out can go straight into a :class:`FrameBinner`.
+Every failure is an :class:`EventError` whose message starts with the file name: a recording
+uploaded to the service must produce an error a person can act on, never a traceback from numpy
+or from C++.
+
+numpy layouts accepted (integer or bool fields of any width; values must fit EVENT_DTYPE):
+
+* ``.npy``: a structured array with fields ``t, x, y, p``, or an ``(N, 4)`` integer array with
+  columns ``t, x, y, p``. A ``.npy`` cannot hold the sensor size.
+* ``.npz``: key ``events`` holding either of the above, or keys ``t``, ``x``, ``y``, ``p``;
+  optional key ``sensor`` = ``[width, height]``.
+
+Pickled objects are refused (``allow_pickle=False``): these files may come from the network.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import dv_processing as dv
+import numpy as np
+
+from models.events.types import EVENT_DTYPE, EventError, SensorSize, make_events, validate_events
+
+PathLike = str | os.PathLike[str]
+
+_FIELDS = ("t", "x", "y", "p")
+# Upper bounds of the EVENT_DTYPE fields, checked before casting so nothing wraps around.
+_MAX = {"t": np.iinfo(np.int64).max, "x": 65535, "y": 65535, "p": 255}
+# dv-processing stores coordinates as int16.
+_DV_MAX_SIDE = 32767
+_CPP_LOCATION = re.compile(r"^\S+\.[ch]pp\(\d+\): ")
+
+
+def read_events(path: PathLike) -> tuple[np.ndarray, SensorSize | None]:
+    """Read a recording; return ``(events, sensor)``, ``sensor`` None where the file has none."""
+    p = Path(path)
+    if not p.is_file():
+        raise EventError("not_found", f"{p}: no such file")
+    reader = _READERS.get(p.suffix.lower())
+    if reader is None:
+        known = " ".join(sorted(_READERS))
+        raise EventError("unknown_format", f"{p}: unknown event file suffix {p.suffix!r} (known: {known})")
+    if reader is _read_aedat4 and p.suffix != ".aedat4":
+        raise EventError("unknown_format", f"{p}: dv-processing only opens names ending in '.aedat4'")
+    events, sensor = reader(p)
+    try:
+        # Without a sensor size only order and polarity can be checked: x, y fit by construction.
+        validate_events(events, sensor or _bounding_sensor(events))
+    except EventError as e:
+        raise EventError(e.code, f"{p}: {e}") from None
+    return events, sensor
+
+
+def write_aedat4(
+    path: PathLike, events: np.ndarray, sensor: SensorSize, *, packet_size: int = 100_000
+) -> None:
+    """Write events as an AEDAT4 file with dv-processing's own writer (one event stream).
+
+    ``packet_size``: events per file packet, the unit dv-processing compresses and reads back.
+    """
+    p = Path(path)
+    if p.suffix != ".aedat4":
+        # dv-processing aborts the whole process (C++ terminate) on any other suffix.
+        raise ValueError(f"{p}: an AEDAT4 file must end in lowercase '.aedat4'")
+    validate_events(events, sensor)
+    if sensor.width > _DV_MAX_SIDE or sensor.height > _DV_MAX_SIDE:
+        raise ValueError(f"{p}: AEDAT4 stores coordinates as int16; sensor {sensor} is too large")
+    cfg = dv.io.MonoCameraWriter.EventOnlyConfig("asasnn", (sensor.width, sensor.height))
+    try:
+        writer = dv.io.MonoCameraWriter(str(p), cfg)
+    except RuntimeError as e:
+        raise OSError(f"{p}: cannot write AEDAT4 ({_dv_reason(e)})") from None
+    # dv-processing has no bulk constructor from numpy; one Event per record (~1 us each).
+    for i in range(0, events.size, packet_size):
+        chunk = events[i : i + packet_size]
+        columns = (chunk["t"].tolist(), chunk["x"].tolist(), chunk["y"].tolist(), (chunk["p"] == 1).tolist())
+        writer.writeEventPacket(dv.EventPacket(dv.EventPacket.EventVector(map(dv.Event, *columns))))
+    # The file is completed and closed when the writer is destroyed.
+    del writer
+
+
+def write_numpy(path: PathLike, events: np.ndarray, sensor: SensorSize | None = None) -> None:
+    """Write events as ``.npy`` (events only) or ``.npz`` (``events`` and optional ``sensor``)."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in (".npy", ".npz"):
+        raise ValueError(f"{p}: write_numpy writes .npy or .npz, not {p.suffix!r}")
+    validate_events(events, sensor or _bounding_sensor(events))
+    if suffix == ".npy" and sensor is not None:
+        raise ValueError(f"{p}: a .npy file cannot hold the sensor size; write .npz instead")
+    # A file object stops numpy from appending its own suffix.
+    with open(p, "wb") as f:
+        if suffix == ".npy":
+            np.save(f, events, allow_pickle=False)
+        elif sensor is None:
+            np.savez(f, events=events)
+        else:
+            np.savez(f, events=events, sensor=np.array([sensor.width, sensor.height], dtype=np.int64))
+
+
+def _read_aedat4(p: Path) -> tuple[np.ndarray, SensorSize | None]:
+    try:
+        rec = dv.io.MonoCameraRecording(str(p))
+        if not rec.isEventStreamAvailable():
+            streams = ", ".join(rec.getStreamNames())
+            raise EventError("bad_file", f"{p}: AEDAT4 file has no event stream (streams: {streams})")
+        resolution = rec.getEventResolution()
+        batches = []
+        while (batch := rec.getNextEventBatch()) is not None:
+            batches.append(batch.numpy())
+    except RuntimeError as e:
+        raise EventError("bad_file", f"{p}: not a readable AEDAT4 file ({_dv_reason(e)})") from None
+    sensor = SensorSize(*resolution) if resolution is not None else None
+    if not batches:
+        return np.zeros(0, EVENT_DTYPE), sensor
+    raw = np.concatenate(batches)
+    return _from_columns(p, raw["timestamp"], raw["x"], raw["y"], raw["polarity"]), sensor
+
+
+def _read_npy(p: Path) -> tuple[np.ndarray, SensorSize | None]:
+    arr = _np_load(p)
+    if not isinstance(arr, np.ndarray):
+        arr.close()
+        raise EventError("bad_file", f"{p}: holds an .npz archive, not a .npy array")
+    return _from_array(p, arr), None
+
+
+def _read_npz(p: Path) -> tuple[np.ndarray, SensorSize | None]:
+    arr = _np_load(p)
+    if isinstance(arr, np.ndarray):
+        raise EventError("bad_file", f"{p}: holds a single .npy array, not an .npz archive")
+    with arr as z:
+        keys = set(z.files)
+        if "events" in keys:
+            events = _from_array(p, _npz_entry(p, z, "events"))
+        elif keys.issuperset(_FIELDS):
+            events = _from_columns(p, *(_npz_entry(p, z, k) for k in _FIELDS))
+        else:
+            found = ", ".join(sorted(keys))
+            raise EventError("bad_file", f"{p}: .npz needs key 'events' or keys t, x, y, p; found {found}")
+        sensor = _sensor(p, _npz_entry(p, z, "sensor")) if "sensor" in keys else None
+    return events, sensor
+
+
+def _npz_entry(p: Path, z: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
+    # Entries are read lazily, so a damaged or pickled entry only fails here.
+    try:
+        return z[key]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise EventError("bad_file", f"{p}: unreadable .npz entry {key!r} ({e})") from None
+
+
+def _np_load(p: Path) -> np.ndarray | np.lib.npyio.NpzFile:
+    try:
+        return np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise EventError("bad_file", f"{p}: not a numpy {p.suffix} file ({e})") from None
+
+
+def _from_array(p: Path, arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == EVENT_DTYPE and arr.ndim == 1:
+        return arr
+    if arr.dtype.names is not None:
+        if arr.ndim != 1 or not set(_FIELDS).issubset(arr.dtype.names):
+            got = f"{arr.dtype}, shape {arr.shape}"
+            raise EventError("bad_file", f"{p}: structured array needs 1-D with fields t, x, y, p; got {got}")
+        return _from_columns(p, *(arr[k] for k in _FIELDS))
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        got = f"shape {arr.shape}"
+        raise EventError("bad_file", f"{p}: expected fields t, x, y, p or an (N, 4) array; got {got}")
+    return _from_columns(p, *arr.T)
+
+
+def _from_columns(p: Path, *cols: np.ndarray) -> np.ndarray:
+    """Check kinds and ranges of ``t, x, y, p`` and build an EVENT_DTYPE array."""
+    n = cols[0].shape
+    for name, c in zip(_FIELDS, cols):
+        if c.dtype.kind not in "iub":
+            raise EventError("bad_file", f"{p}: field {name} must be integer, got {c.dtype}")
+        if c.ndim != 1 or c.shape != n:
+            got = f"{name} has shape {c.shape}"
+            raise EventError("bad_file", f"{p}: t, x, y, p must be 1-D of equal length; {got}")
+        if c.size and c.dtype.kind != "b":
+            lo, hi = int(c.min()), int(c.max())
+            if lo < 0 or hi > _MAX[name]:
+                got = f"spans {lo}..{hi}, outside 0..{_MAX[name]}"
+                raise EventError("out_of_range", f"{p}: field {name} {got}")
+    return make_events(*cols)
+
+
+def _sensor(p: Path, value: np.ndarray) -> SensorSize:
+    if value.shape != (2,) or value.dtype.kind not in "iu":
+        raise EventError("bad_file", f"{p}: 'sensor' must be [width, height] integers, got {value!r}")
+    try:
+        return SensorSize(int(value[0]), int(value[1]))
+    except ValueError as e:
+        raise EventError("bad_file", f"{p}: {e}") from None
+
+
+def _bounding_sensor(events: np.ndarray) -> SensorSize:
+    """The smallest sensor holding every event: lets validate_events check what it can."""
+    if events.dtype != EVENT_DTYPE or events.ndim != 1 or events.size == 0:
+        return SensorSize(1, 1)
+    # 65535 is the widest SensorSize, so x = 65535 is reported as out of range.
+    x, y = int(events["x"].max()), int(events["y"].max())
+    return SensorSize(min(x + 1, 65535), min(y + 1, 65535))
+
+
+def _dv_reason(e: Exception) -> str:
+    """The reason in a dv-processing error, without its C++ source location and stack trace."""
+    lines = str(e).split("Stacktrace:")[0].strip().splitlines()
+    reason = " ".join(ln.strip() for ln in lines if not _CPP_LOCATION.match(ln))
+    return reason or type(e).__name__
+
+
+_READERS: dict[str, Callable[[Path], tuple[np.ndarray, SensorSize | None]]] = {
+    ".aedat4": _read_aedat4,
+    ".npy": _read_npy,
+    ".npz": _read_npz,
+}

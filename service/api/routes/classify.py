@@ -1,0 +1,141 @@
+"""``POST /v1/classify``: whole recordings in, label / probabilities / spike rates / energy out.
+
+Uploads are multipart files (AEDAT4, ``.npy``/``.npz``, or the 13-byte wire format). The options
+are form fields, the same as a stream's ``start`` message. The recording runs through the same
+binner, step runner and readout as a live stream (:func:`service.recordings.classify_events`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile, status
+
+from service.api.deps import AuthDep, ReadyDep, lookup_model
+from service.protocol import ProtocolError
+from service.recordings import RecordingError, classify_events, count_steps, decode_recording
+from service.schemas import ClassifyBatchResult, ClassifyResult, ErrorBody, OutputOptions, ReadoutOptions, SensorSpec
+from service.state import ServiceState
+
+router = APIRouter(prefix="/v1/classify", tags=["classify"], dependencies=[AuthDep])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing or wrong API key"},
+    404: {"description": "unknown model"},
+    413: {"description": "upload or recording too large", "model": ErrorBody},
+    415: {"description": "not an event recording", "model": ErrorBody},
+    422: {"description": "unreadable recording or bad options", "model": ErrorBody},
+}
+
+
+class Options:
+    """The form fields shared by both routes."""
+
+    def __init__(
+        self,
+        model: Annotated[str | None, Form(description="model name; default: the default model")] = None,
+        format: Annotated[Literal["aedat4", "npy", "npz", "wire"] | None, Form(description="skip detection")] = None,
+        sensor_width: Annotated[int | None, Form(ge=1, le=65535)] = None,
+        sensor_height: Annotated[int | None, Form(ge=1, le=65535)] = None,
+        dt_us: Annotated[int | None, Form(ge=100, le=10_000_000)] = None,
+        ds: Annotated[int | None, Form(ge=1, le=1024)] = None,
+        t_start_us: Annotated[int | None, Form(ge=0)] = None,
+        readout_mode: Annotated[Literal["horizon", "ema"], Form()] = "horizon",
+        readout_horizon: Annotated[int | None, Form(ge=1)] = None,
+        readout_alpha: Annotated[float | None, Form(gt=0, le=1)] = None,
+        top_k: Annotated[int, Form(ge=1, le=1000)] = 3,
+        include_steps: Annotated[bool, Form(description="add every timestep's prediction")] = False,
+    ) -> None:
+        self.model, self.format = model, format
+        self.sensor = None
+        if (sensor_width is None) != (sensor_height is None):
+            raise _error(422, "bad_option", "give both sensor_width and sensor_height, or neither")
+        if sensor_width is not None:
+            self.sensor = SensorSpec(width=sensor_width, height=sensor_height)
+        self.dt_us, self.ds, self.t_start_us = dt_us, ds, t_start_us
+        self.readout = ReadoutOptions(mode=readout_mode, horizon=readout_horizon, alpha=readout_alpha)
+        self.output = OutputOptions(top_k=top_k)
+        self.include_steps = include_steps
+
+
+def _error(code_status: int, code: str, message: str) -> HTTPException:
+    return HTTPException(code_status, detail={"code": code, "message": message})
+
+
+async def _spool(upload: UploadFile, limit: int) -> str:
+    """Copy an upload to a named temp file (readers need a path); 413 beyond ``limit`` bytes."""
+    name = upload.filename or "upload"
+    if upload.size is not None and upload.size > limit:
+        raise _error(413, "upload_too_large", f"{name}: {upload.size} bytes exceeds the limit of {limit} bytes per recording")
+    fd, path = tempfile.mkstemp(prefix="asasnn-upload-")
+    with os.fdopen(fd, "wb") as out:
+        await asyncio.to_thread(shutil.copyfileobj, upload.file, out)
+    if os.path.getsize(path) > limit:
+        os.unlink(path)
+        raise _error(413, "upload_too_large", f"{name}: exceeds the limit of {limit} bytes per recording")
+    return path
+
+
+async def _classify_one(state: ServiceState, upload: UploadFile, opts: Options) -> ClassifyResult:
+    entry = lookup_model(state, opts.model)
+    s = state.settings
+    path = await _spool(upload, s.max_upload_bytes)
+    try:
+        events, file_sensor = await asyncio.to_thread(decode_recording, path, upload.filename, opts.format)
+    except RecordingError as e:
+        raise _error(e.status, e.code, e.message) from None
+    finally:
+        os.unlink(path)
+    sensor = opts.sensor or (SensorSpec(width=file_sensor.width, height=file_sensor.height) if file_sensor else None)
+    try:
+        cfg = state.session_config(
+            entry, sensor=sensor, dt_us=opts.dt_us, ds=opts.ds, t_start_us=opts.t_start_us,
+            readout=opts.readout, output=opts.output, live=False,
+        )
+    except ProtocolError as e:
+        raise _error(422, e.code, e.message) from None
+    steps = count_steps(events, cfg.binner, opts.t_start_us)
+    if steps > s.max_recording_steps:
+        raise _error(
+            413, "recording_too_long",
+            f"{upload.filename or 'upload'}: {steps} timesteps of {cfg.binner.dt_us} us exceed the limit of "
+            f"{s.max_recording_steps}",
+        )
+    assert state.engine is not None
+    try:
+        result = await classify_events(state.engine, state.worker(entry), cfg, events, opts.include_steps)
+    except ProtocolError as e:
+        raise _error(422, e.code, f"{upload.filename or 'upload'}: {e.message}") from None
+    if result["label"] is not None:
+        state.metrics.classifications.labels(entry.name, result["label"]).inc()
+    return ClassifyResult(filename=upload.filename, **result)
+
+
+@router.post("", response_model=ClassifyResult, responses=_ERRORS)
+async def classify(
+    state: ReadyDep,
+    file: Annotated[UploadFile, File(description="AEDAT4, .npy/.npz or wire-format events")],
+    opts: Annotated[Options, Depends()],
+) -> ClassifyResult:
+    """Classify one recording."""
+    return await _classify_one(state, file, opts)
+
+
+@router.post("/batch", response_model=ClassifyBatchResult, responses=_ERRORS)
+async def classify_batch(
+    state: ReadyDep,
+    files: Annotated[list[UploadFile], File(description="several recordings, classified side by side")],
+    opts: Annotated[Options, Depends()],
+) -> ClassifyBatchResult:
+    """Classify several recordings; they run as parallel streams, batched together."""
+    if len(files) > state.settings.max_batch_files:
+        raise _error(
+            status.HTTP_413_CONTENT_TOO_LARGE, "too_many_files",
+            f"{len(files)} files; at most {state.settings.max_batch_files} per request",
+        )
+    results = await asyncio.gather(*(_classify_one(state, f, opts) for f in files))
+    return ClassifyBatchResult(model=results[0].model if results else lookup_model(state, opts.model).name, results=list(results))

@@ -1,0 +1,222 @@
+"""``WS /ws/infer``: one streaming session per connection, protocol v1 (docs/protocol.md).
+
+The receive loop below reads one message at a time and hands it to the session; a sender task
+forwards the session's outbox (predictions, warnings, errors) to the socket in order. A refused
+message is answered with an ``error`` message and the session goes on; only ``fatal`` errors
+(bad start, unknown model, idle timeout, stalled client, engine failure) end it, with a close code
+that mirrors an HTTP status (4400, 4401, 4404, 4408, 4429, 4500, 4503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from models.events.types import EVENT_BYTES
+from service.api.deps import key_problem, presented_key
+from service.protocol import (
+    CLOSE_BAD_START,
+    CLOSE_IDLE,
+    CLOSE_INTERNAL,
+    CLOSE_NORMAL,
+    CLOSE_TOO_MANY,
+    CLOSE_UNAUTHORIZED,
+    CLOSE_UNAVAILABLE,
+    CLOSE_UNKNOWN_MODEL,
+    ProtocolError,
+    decode_packet,
+    parse_control,
+    parse_start,
+)
+from service.registry import ModelNotFound
+from service.schemas import PROTOCOL_VERSION, AdvanceMessage, FlushMessage, ResetMessage, StartMessage, StopMessage
+from service.session import Session
+from service.state import ServiceState
+
+router = APIRouter(tags=["stream"])
+log = logging.getLogger("asasnn.ws")
+
+_FATAL_CLOSE = {
+    "unauthorized": CLOSE_UNAUTHORIZED, "unknown_model": CLOSE_UNKNOWN_MODEL, "idle_timeout": CLOSE_IDLE,
+    "too_many_sessions": CLOSE_TOO_MANY, "not_ready": CLOSE_UNAVAILABLE, "unavailable": CLOSE_UNAVAILABLE,
+    "model_unavailable": CLOSE_UNAVAILABLE, "internal": CLOSE_INTERNAL,
+}
+
+
+async def _refuse(ws: WebSocket, state: ServiceState, code: str, message: str) -> None:
+    """End a connection that never got a session: error message, close code, metric."""
+    state.metrics.sessions_rejected.labels(code).inc()
+    with contextlib.suppress(Exception):
+        await ws.send_text(json.dumps({"type": "error", "code": code, "message": message, "fatal": True}))
+        await ws.close(_FATAL_CLOSE.get(code, CLOSE_BAD_START), code)
+
+
+@router.websocket("/ws/infer")
+async def infer(ws: WebSocket) -> None:
+    state: ServiceState = ws.app.state.service
+    s = state.settings
+    await ws.accept()
+    problem = key_problem(s, presented_key(ws, allow_query=True))
+    if problem is not None:
+        return await _refuse(ws, state, "unauthorized", problem)
+    if not state.ready:
+        return await _refuse(ws, state, "not_ready", state.load_error or "models are still loading; retry shortly")
+    if state.connections >= s.max_sessions:
+        return await _refuse(ws, state, "too_many_sessions", f"the server is at its limit of {s.max_sessions} sessions")
+    state.connections += 1
+    try:
+        await _serve(ws, state)
+    finally:
+        state.connections -= 1
+
+
+async def _serve(ws: WebSocket, state: ServiceState) -> None:
+    s = state.settings
+    try:
+        msg = await asyncio.wait_for(ws.receive(), s.idle_timeout_s)
+    except TimeoutError:
+        return await _refuse(ws, state, "idle_timeout", f"no start message within {s.idle_timeout_s:.0f} s")
+    if msg["type"] == "websocket.disconnect":
+        return
+    if msg.get("text") is None:
+        return await _refuse(ws, state, "not_started", "the first message must be a JSON 'start' message, not binary")
+    try:
+        start = parse_start(msg["text"])
+        session = await _open(state, start)
+    except ProtocolError as e:
+        return await _refuse(ws, state, e.code, e.message)
+    try:
+        await _run(ws, state, session)
+    finally:
+        await session.close()
+
+
+async def _open(state: ServiceState, start: StartMessage) -> Session:
+    assert state.registry is not None and state.engine is not None
+    try:
+        entry = state.registry.get(start.model)
+    except ModelNotFound as e:
+        raise ProtocolError("unknown_model", str(e), fatal=True) from None
+    if entry.runner is None:
+        raise ProtocolError("model_unavailable", f"model {entry.name!r} did not load: {entry.error}", fatal=True)
+    if str(entry.runner.card.mode) != "step":
+        raise ProtocolError(
+            "not_streamable", f"model {entry.name!r} needs whole windows (mode {entry.runner.card.mode!r}); "
+            "classify recordings with POST /v1/classify or stream with a causal model", fatal=True,
+        )
+    cfg = state.session_config(
+        entry, sensor=start.sensor, dt_us=start.dt_us, ds=start.ds, t_start_us=start.t_start_us,
+        readout=start.readout, output=start.output,
+    )
+    session = Session(state.engine, state.worker(entry), cfg)
+    await session.open()
+    b = cfg.binner
+    session.emit({
+        "type": "ready", "version": PROTOCOL_VERSION, "session": session.id,
+        "model": state.summary(entry).model_dump(),
+        "binning": {
+            "sensor": {"width": b.sensor.width, "height": b.sensor.height}, "dt_us": b.dt_us, "ds": b.ds,
+            "mode": b.mode, "max_gap_steps": b.max_gap_bins, "t_start_us": cfg.t_start_us,
+        },
+        "readout": cfg.readout.model_dump(), "output": cfg.output.model_dump(),
+        "limits": {
+            "max_packet_bytes": state.settings.max_packet_bytes, "max_packet_events": state.settings.max_packet_bytes // EVENT_BYTES,
+            "max_events_per_second": state.settings.max_events_per_second, "max_queue_steps": cfg.limits.max_queue_steps,
+            "backpressure": cfg.limits.backpressure, "idle_timeout_s": state.settings.idle_timeout_s,
+        },
+    })
+    return session
+
+
+async def _run(ws: WebSocket, state: ServiceState, session: Session) -> None:
+    s, m = state.settings, state.metrics
+    sender = asyncio.get_running_loop().create_task(_send_loop(ws, state, session))
+    close_code = CLOSE_NORMAL
+    try:
+        while not sender.done():
+            try:
+                msg = await asyncio.wait_for(ws.receive(), s.idle_timeout_s)
+            except TimeoutError:
+                e = ProtocolError("idle_timeout", f"no message for {s.idle_timeout_s:.0f} s; closing the session", fatal=True)
+                session.emit(e.to_message())
+                close_code = CLOSE_IDLE
+                break
+            if msg["type"] == "websocket.disconnect":
+                return
+            try:
+                if msg.get("bytes") is not None:
+                    data: bytes = msg["bytes"]
+                    try:
+                        events = decode_packet(data, s.max_packet_bytes)
+                    except ProtocolError as e:
+                        m.messages_rejected.labels(session.model, e.code).inc()
+                        m.events_rejected.labels(session.model, e.code).inc(len(data) // EVENT_BYTES)
+                        raise
+                    await session.feed(events)
+                elif await _control(session, msg.get("text") or ""):
+                    break
+            except ProtocolError as e:
+                session.emit(e.to_message())
+                if e.fatal:
+                    close_code = _FATAL_CLOSE.get(e.code, CLOSE_BAD_START)
+                    break
+        session.outbox.put_nowait(({"type": "__close__", "code": close_code}, None))
+        with contextlib.suppress(asyncio.TimeoutError, Exception):
+            await asyncio.wait_for(asyncio.shield(sender), 10.0)
+    except WebSocketDisconnect:
+        return
+    finally:
+        if not sender.done():
+            sender.cancel()
+            with contextlib.suppress(BaseException):
+                await sender
+
+
+async def _control(session: Session, text: str) -> bool:
+    """Handle one text message; True when the session is over (``stop``)."""
+    try:
+        ctl = parse_control(text)
+    except ProtocolError as e:
+        session.metrics.messages_rejected.labels(session.model, e.code).inc()
+        raise
+    if isinstance(ctl, ResetMessage):
+        await session.reset()
+    elif isinstance(ctl, FlushMessage):
+        await session.flush()
+    elif isinstance(ctl, AdvanceMessage):
+        await session.advance(ctl.t_us)
+    elif isinstance(ctl, StopMessage):
+        summary = await session.finish()
+        session.emit({"type": "end", "session": session.id, **summary})
+        return True
+    return False
+
+
+async def _send_loop(ws: WebSocket, state: ServiceState, session: Session) -> None:
+    """Forward the outbox in order; close the socket after a fatal error or the close marker."""
+    e2e = state.metrics.e2e_latency.labels(session.model)
+    engine = state.engine
+    assert engine is not None
+    while True:
+        msg, ready_at = await session.outbox.get()
+        if msg["type"] == "__close__":
+            with contextlib.suppress(Exception):
+                await ws.close(msg["code"])
+            return
+        try:
+            await ws.send_text(json.dumps(msg))
+        except Exception:  # the client went away; the receive loop sees the disconnect
+            return
+        if ready_at is not None:
+            e2e.observe(time.perf_counter() - ready_at)
+        if session.outbox.qsize() < session.cfg.limits.max_outbox:
+            engine.notify()  # the scheduler may be holding this session
+        if msg["type"] == "error" and msg.get("fatal"):
+            with contextlib.suppress(Exception):
+                await ws.close(_FATAL_CLOSE.get(msg["code"], CLOSE_BAD_START), msg["code"][:100])
+            return
+

@@ -1,0 +1,278 @@
+"""A small Python client for the service: streaming over ``/ws/infer`` and REST classification.
+
+Async::
+
+    async with await StreamSession.connect("ws://127.0.0.1:8000/ws/infer", model="default") as s:
+        for packet in packets:
+            await s.send_events(packet)
+        end = await s.stop()          # flushes, waits for every prediction, returns the summary
+        print(s.predictions[-1]["label"], end["label"])
+
+Sync: :func:`stream_events` (a whole recording, optional pacing) and :func:`classify` /
+:func:`classify_batch` (``POST /v1/classify``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+import httpx
+import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+
+from service.protocol import encode_packet
+
+Message = dict[str, Any]
+
+
+class ServiceError(RuntimeError):
+    """The server answered with an error message (``code`` as in docs/protocol.md)."""
+
+    def __init__(self, code: str, message: str, close_code: int | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code, self.message, self.close_code = code, message, close_code
+
+
+def http_base(url: str) -> str:
+    """``ws://h:p/ws/infer`` or ``http://h:p/...`` -> ``http://h:p``."""
+    u = urlparse(url)
+    scheme = {"ws": "http", "wss": "https"}.get(u.scheme, u.scheme)
+    return urlunparse((scheme, u.netloc, "", "", "", ""))
+
+
+def ws_url(url: str) -> str:
+    """``http://h:p`` -> ``ws://h:p/ws/infer``; a ws URL is kept as it is."""
+    u = urlparse(url)
+    if u.scheme in ("ws", "wss"):
+        return url if u.path not in ("", "/") else urlunparse((u.scheme, u.netloc, "/ws/infer", "", u.query, ""))
+    scheme = "wss" if u.scheme == "https" else "ws"
+    return urlunparse((scheme, u.netloc, "/ws/infer", "", "", ""))
+
+
+@dataclass
+class StreamSession:
+    """An open session. A reader task files every server message into ``messages`` and the typed
+    lists; ``on_message`` (if set) sees each one as it arrives."""
+
+    ws: ClientConnection
+    ready: Message
+    on_message: Callable[[Message], None] | None = None
+    messages: list[Message] = field(default_factory=list)
+    predictions: list[Message] = field(default_factory=list)
+    warnings: list[Message] = field(default_factory=list)
+    errors: list[Message] = field(default_factory=list)
+    end: Message | None = None
+    close_code: int | None = None
+    _queue: asyncio.Queue[Message | None] = field(default_factory=asyncio.Queue)
+    _reader: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        model: str | None = None,
+        sensor: tuple[int, int] | None = None,
+        dt_us: int | None = None,
+        ds: int | None = None,
+        t_start_us: int | None = None,
+        readout: dict[str, Any] | None = None,
+        output: dict[str, Any] | None = None,
+        api_key: str | None = None,
+        on_message: Callable[[Message], None] | None = None,
+        open_timeout: float = 10.0,
+    ) -> StreamSession:
+        """Connect, send ``start``, wait for ``ready`` (raises :class:`ServiceError` on refusal)."""
+        headers = {"X-API-Key": api_key} if api_key else None
+        ws = await connect(ws_url(url), additional_headers=headers, open_timeout=open_timeout, max_size=2**24)
+        start: Message = {"type": "start", "version": 1}
+        for k, v in (("model", model), ("dt_us", dt_us), ("ds", ds), ("t_start_us", t_start_us),
+                     ("readout", readout), ("output", output)):
+            if v is not None:
+                start[k] = v
+        if sensor is not None:
+            start["sensor"] = {"width": int(sensor[0]), "height": int(sensor[1])}
+        await ws.send(json.dumps(start))
+        try:
+            first = json.loads(await asyncio.wait_for(ws.recv(), open_timeout))
+        except Exception as e:
+            code = ws.close_code
+            await ws.close()
+            raise ServiceError("closed", f"no ready message ({e})", code) from None
+        if first.get("type") != "ready":
+            await ws.wait_closed()
+            raise ServiceError(first.get("code", "unexpected"), first.get("message", str(first)), ws.close_code)
+        s = cls(ws, first, on_message)
+        s._reader = asyncio.get_running_loop().create_task(s._read())
+        return s
+
+    async def __aenter__(self) -> StreamSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                msg = json.loads(raw)
+                self.messages.append(msg)
+                kind = msg.get("type")
+                if kind == "prediction":
+                    self.predictions.append(msg)
+                elif kind == "warning":
+                    self.warnings.append(msg)
+                elif kind == "error":
+                    self.errors.append(msg)
+                elif kind == "end":
+                    self.end = msg
+                if self.on_message is not None:
+                    self.on_message(msg)
+                self._queue.put_nowait(msg)
+        except Exception:
+            pass
+        finally:
+            self.close_code = self.ws.close_code
+            self._queue.put_nowait(None)
+
+    @property
+    def session_id(self) -> str:
+        return str(self.ready["session"])
+
+    async def send_events(self, events: np.ndarray) -> None:
+        await self.ws.send(encode_packet(events))
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.ws.send(data)
+
+    async def send_json(self, msg: Message | str) -> None:
+        await self.ws.send(msg if isinstance(msg, str) else json.dumps(msg))
+
+    async def reset(self) -> None:
+        await self.send_json({"type": "reset"})
+
+    async def flush(self) -> None:
+        await self.send_json({"type": "flush"})
+
+    async def advance(self, t_us: int) -> None:
+        await self.send_json({"type": "advance", "t_us": int(t_us)})
+
+    async def next_message(self, timeout: float = 10.0) -> Message | None:
+        """The next server message in order (None once the connection closed)."""
+        return await asyncio.wait_for(self._queue.get(), timeout)
+
+    async def wait_for(self, kind: str, timeout: float = 10.0, code: str | None = None) -> Message:
+        """Skip ahead to the next message of type ``kind`` (and ``code``); raise if the socket closes first."""
+        while True:
+            msg = await self.next_message(timeout)
+            if msg is None:
+                raise ServiceError("closed", f"connection closed before a {kind!r} message", self.close_code)
+            if msg.get("type") == kind and (code is None or msg.get("code") == code):
+                return msg
+
+    async def stop(self, timeout: float = 60.0) -> Message:
+        """Send ``stop`` and wait for the ``end`` summary (every prediction has arrived by then)."""
+        await self.send_json({"type": "stop"})
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reader), timeout)
+        if self.end is None:
+            err = self.errors[-1] if self.errors else {"code": "closed", "message": "no end message"}
+            raise ServiceError(err["code"], err["message"], self.close_code)
+        return self.end
+
+    async def close(self) -> None:
+        await self.ws.close()
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await self._reader
+
+
+async def stream_async(
+    url: str,
+    packets: Iterable[np.ndarray] | AsyncIterable[np.ndarray],
+    *,
+    pace: float | None = None,
+    **start: Any,
+) -> StreamSession:
+    """Stream packets in one session, ``stop`` at the end; return the finished session.
+
+    ``pace``: send at ``pace`` times real time by the events' timestamps (None: as fast as possible).
+    """
+    from service.client.sources import Pacer
+
+    pacer = Pacer(pace)
+    s = await StreamSession.connect(url, **start)
+    try:
+        if isinstance(packets, AsyncIterable):
+            async for p in packets:
+                await asyncio.sleep(pacer.delay(p))
+                await s.send_events(p)
+        else:
+            for p in packets:
+                await asyncio.sleep(pacer.delay(p))
+                await s.send_events(p)
+        await s.stop()
+    finally:
+        await s.close()
+    return s
+
+
+def stream_events(url: str, packets: Iterable[np.ndarray], *, pace: float | None = None, **start: Any) -> StreamSession:
+    """Blocking form of :func:`stream_async`."""
+    return asyncio.run(stream_async(url, packets, pace=pace, **start))
+
+
+def _upload(name: str, data: Path | np.ndarray | bytes) -> tuple[str, bytes]:
+    if isinstance(data, np.ndarray):
+        return (name if name.endswith(".evt") else name + ".evt"), encode_packet(data)
+    if isinstance(data, bytes):
+        return name, data
+    return data.name, Path(data).read_bytes()
+
+
+def classify(
+    url: str,
+    recording: Path | str | np.ndarray | bytes,
+    *,
+    api_key: str | None = None,
+    timeout: float = 120.0,
+    filename: str = "recording",
+    **options: Any,
+) -> Message:
+    """``POST /v1/classify``: a file path, events (sent in the wire format) or raw bytes."""
+    rec = Path(recording) if isinstance(recording, str) else recording
+    name, body = _upload(filename, rec)
+    return _post(url, "/v1/classify", [("file", (name, body))], options, api_key, timeout)
+
+
+def classify_batch(
+    url: str, recordings: list[Path | str | np.ndarray], *, api_key: str | None = None, timeout: float = 300.0, **options: Any
+) -> Message:
+    """``POST /v1/classify/batch``: several recordings, classified side by side."""
+    files = []
+    for i, r in enumerate(recordings):
+        files.append(("files", _upload(f"recording{i}", Path(r) if isinstance(r, str) else r)))
+    return _post(url, "/v1/classify/batch", files, options, api_key, timeout)
+
+
+def _post(url: str, path: str, files: list[Any], options: dict[str, Any], api_key: str | None, timeout: float) -> Message:
+    headers = {"X-API-Key": api_key} if api_key else {}
+    data = {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in options.items() if v is not None}
+    r = httpx.post(http_base(url) + path, files=files, data=data, headers=headers, timeout=timeout)
+    if r.status_code != 200:
+        try:
+            detail = r.json().get("detail")
+        except ValueError:
+            detail = r.text
+        if isinstance(detail, dict):
+            raise ServiceError(detail.get("code", str(r.status_code)), detail.get("message", str(detail)), r.status_code)
+        raise ServiceError(str(r.status_code), str(detail), r.status_code)
+    return r.json()

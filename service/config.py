@@ -1,0 +1,134 @@
+"""Server settings: one pydantic-settings object, from flags, environment variables or a file.
+
+Precedence, highest first: values passed in code (the ``asasnn serve`` flags), environment variables
+(``ASASNN_*``, e.g. ``ASASNN_PORT=9000``, ``ASASNN_API_KEYS=key1,key2``), a settings file (TOML, JSON
+or YAML, from ``--config`` or ``ASASNN_CONFIG``), then the defaults below. The defaults serve the
+bundled model on loopback with no API key; ``environment="production"`` refuses to start without API
+keys (the template's "no unsafe defaults outside development").
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+# models/bundled: the directory that holds the bundled default model (models/bundled/default).
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "bundled"
+
+_config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("asasnn_config_file", default=None)
+
+
+class Settings(BaseSettings):
+    """Everything the server can be told. Served to routes through ``deps.SettingsDep``."""
+
+    model_config = SettingsConfigDict(env_prefix="ASASNN_", extra="forbid", validate_default=True)
+
+    environment: Literal["development", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    # Models
+    model_dir: Path = BUNDLED_MODEL_DIR
+    default_model: str | None = None  # None: "default" if present, else the first bundle by name
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    backend: Literal["torch", "onnx"] = "torch"
+    max_batch: int = Field(64, ge=1, le=4096)  # steps per model call (one per session)
+
+    # Security and limits
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_sessions: int = Field(64, ge=1)
+    max_packet_bytes: int = Field(4 * 1024 * 1024, ge=13)
+    max_events_per_second: float = Field(5_000_000, gt=0)  # per session, token bucket
+    rate_burst_s: float = Field(1.0, gt=0)  # bucket size in seconds of max_events_per_second
+    idle_timeout_s: float = Field(60.0, gt=0)
+    max_queue_steps: int = Field(64, ge=1)  # ready timesteps waiting per session
+    max_outbox: int = Field(256, ge=1)  # messages waiting to be sent per session
+    backpressure: Literal["block", "drop"] = "block"
+    max_gap_steps: int = Field(32, ge=0)  # empty timesteps emitted per silence (binner gap cap)
+    max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1)  # per recording, POST /v1/classify
+    max_batch_files: int = Field(16, ge=1)
+    max_recording_steps: int = Field(200_000, ge=1)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.strip()
+            if v.startswith("["):
+                return json.loads(v)
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+    @model_validator(mode="after")
+    def _safe(self) -> Settings:
+        if self.environment == "production" and not self.api_keys:
+            raise ValueError("environment=production needs at least one API key (ASASNN_API_KEYS)")
+        if any(len(k) < 8 for k in self.api_keys):
+            raise ValueError("API keys must be at least 8 characters long")
+        return self
+
+    @property
+    def ws_max_size(self) -> int:
+        """Largest WebSocket message uvicorn buffers: room to reject oversize packets with a message."""
+        return max(4 * self.max_packet_bytes, 1024 * 1024)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = _config_file.get()
+        sources = [init_settings, env_settings, dotenv_settings]
+        if path is not None:
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=read_settings_file(path)))
+        return (*sources, file_secret_settings)
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """Read a TOML / JSON / YAML settings file into a dict (an optional ``[asasnn]`` table is unwrapped)."""
+    if not path.is_file():
+        raise ValueError(f"settings file {path} does not exist")
+    text = path.read_text()
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        data = tomllib.loads(text)
+    elif suffix == ".json":
+        data = json.loads(text)
+    elif suffix in (".yaml", ".yml"):
+        data = yaml.safe_load(text) or {}
+    else:
+        raise ValueError(f"settings file {path}: use .toml, .json or .yaml, not {path.suffix!r}")
+    if not isinstance(data, dict):
+        raise ValueError(f"settings file {path} must hold a table of settings")
+    if isinstance(data.get("asasnn"), dict):
+        data = data["asasnn"]
+    return data
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Build :class:`Settings`; ``overrides`` (None values ignored) beat the environment and the file."""
+    path = config_file if config_file is not None else os.environ.get("ASASNN_CONFIG")
+    token = _config_file.set(Path(path) if path else None)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    finally:
+        _config_file.reset(token)

@@ -1,0 +1,374 @@
+"""One stream (a WebSocket session, or a recording posted to ``/v1/classify``) from events to results.
+
+A :class:`Session` owns a :class:`~models.events.FrameBinner` (stream time: bins follow the events'
+own timestamps, never the wall clock), a readout, a state slot in its model's step runner and the
+running totals. Streams and recordings run through *this same code*, the same binner and the same
+runner, which is why classifying a recording gives exactly the predictions streaming it gives.
+
+Memory is bounded whatever the client does:
+
+* a packet is cut into chunks of at most ``CHUNK_STEPS`` timesteps and binned chunk by chunk;
+* before each chunk the session waits until its step queue holds fewer than ``max_queue_steps``
+  (backpressure: the WebSocket is not read meanwhile, so TCP pushes back on the client; the client
+  gets one ``backpressure`` warning per episode). With ``backpressure="drop"`` a packet that arrives
+  while the queue is full is refused instead (error ``overloaded``);
+* the scheduler holds a session whose outbox (predictions not yet sent) reached ``max_outbox``, which
+  fills its queue, which stops reading its socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from models.events.binner import BinnerConfig, FrameBinner
+from models.events.types import EventError, validate_events
+from service.engine import Engine, ModelWorker
+from service.protocol import ProtocolError
+from service.readout import make_readout
+from service.scheduler import StepOutput, StepRequest
+from service.schemas import OutputOptions, ReadoutOptions
+from service.telemetry import Metrics
+
+CHUNK_STEPS = 8  # most timesteps binned at once between backpressure checks
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    max_queue_steps: int = 64
+    max_outbox: int = 256
+    backpressure: Literal["block", "drop"] = "block"
+    max_events_per_second: float | None = None  # None: no rate limit (recordings)
+    rate_burst_s: float = 1.0
+    stall_timeout_s: float = 60.0  # longest backpressure wait before the session is ended
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    binner: BinnerConfig
+    t_start_us: int | None = None
+    readout: ReadoutOptions = ReadoutOptions()
+    output: OutputOptions = OutputOptions()
+    limits: SessionLimits = SessionLimits()
+
+
+class Session:
+    """See the module docstring. ``stream=True`` produces prediction messages into ``outbox``;
+    ``keep_steps=True`` keeps every step's probabilities in ``step_log`` (REST ``include_steps``)."""
+
+    def __init__(
+        self, engine: Engine, worker: ModelWorker, cfg: SessionConfig, *, stream: bool = True, keep_steps: bool = False
+    ) -> None:
+        self.id = uuid.uuid4().hex
+        self.engine, self.worker, self.cfg = engine, worker, cfg
+        self.model = worker.name
+        self.metrics: Metrics = engine.metrics
+        self.classes: list[str] = list(worker.runner.card.classes)
+        self.stream, self.keep_steps = stream, keep_steps
+        self.outbox: asyncio.Queue[tuple[dict[str, Any], float | None]] = asyncio.Queue()
+        self.slot: int | None = None
+        self.failed: ProtocolError | None = None
+        self._room = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._tokens = (cfg.limits.max_events_per_second or 0) * cfg.limits.rate_burst_s
+        self._tokens_at = time.monotonic()
+        self._warned_backpressure = False
+        self._new_epoch()
+
+    def _new_epoch(self) -> None:
+        self.binner = FrameBinner(self.cfg.binner, self.cfg.t_start_us)
+        self.readout = make_readout(self.cfg.readout, self.worker.runner)
+        self.next_index = 0
+        self.steps = 0
+        self.events = 0
+        self.first_t: int | None = None
+        self.counts = np.zeros(len(self.worker.layers), dtype=np.float64)
+        self.sops = 0.0
+        self.energy_j = 0.0
+        self.probabilities: np.ndarray | None = None
+        self.step_log: list[dict[str, Any]] = []
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+    async def open(self) -> None:
+        self.slot = await self.engine.attach(self.model, self.id, self)
+        if self.stream:
+            self.metrics.sessions_started.labels(self.model).inc()
+
+    async def close(self) -> None:
+        if self.slot is not None:
+            slot, self.slot = self.slot, None
+            await self.engine.detach(self.model, self.id, slot)
+
+    def emit(self, msg: dict[str, Any], ready_at: float | None = None) -> None:
+        if self.stream:
+            self.outbox.put_nowait((msg, ready_at))
+
+    # ---- input ------------------------------------------------------------------------------------
+    def _reject(self, code: str, n_events: int, message: str, fatal: bool = False) -> ProtocolError:
+        self.metrics.events_rejected.labels(self.model, code).inc(n_events)
+        self.metrics.messages_rejected.labels(self.model, code).inc()
+        return ProtocolError(code, message, fatal)
+
+    def _take_tokens(self, n: int) -> None:
+        lim = self.cfg.limits
+        if lim.max_events_per_second is None:
+            return
+        now = time.monotonic()
+        cap = lim.max_events_per_second * lim.rate_burst_s
+        self._tokens = min(cap, self._tokens + (now - self._tokens_at) * lim.max_events_per_second)
+        self._tokens_at = now
+        if n > self._tokens:
+            raise self._reject(
+                "rate_limited", n,
+                f"packet of {n} events refused: this session may send {lim.max_events_per_second:.0f} events/s "
+                f"(bursts up to {cap:.0f}); {int(self._tokens)} available now",
+            )
+        self._tokens -= n
+
+    async def feed(self, events: np.ndarray) -> None:
+        """Accept one packet (validated whole: a refused packet changes nothing) and bin it."""
+        try:
+            validate_events(events, self.cfg.binner.sensor, self.binner.last_t)
+        except EventError as e:
+            raise self._reject(e.code, int(events.size), str(e)) from None
+        n = int(events.size)
+        if n == 0:
+            return
+        self._take_tokens(n)
+        lim = self.cfg.limits
+        sched = self.worker.scheduler
+        if lim.backpressure == "drop" and sched.queue_len(self.id) >= lim.max_queue_steps:
+            self.metrics.backpressure.labels(self.model, "drop").inc()
+            raise self._reject(
+                "overloaded", n,
+                f"packet of {n} events dropped: {sched.queue_len(self.id)} timesteps are already waiting "
+                f"(limit {lim.max_queue_steps}); send slower or at real-time speed",
+            )
+        self.metrics.events_received.labels(self.model).inc(n)
+        self.metrics.packets_received.labels(self.model).inc()
+        if self.first_t is None:
+            self.first_t = int(events["t"][0])
+        self.events += n
+        await self._bin(events)
+
+    async def _bin(self, events: np.ndarray) -> None:
+        """Bin in chunks of at most ``CHUNK_STEPS`` bins, each preceded by ``advance_to`` its first bin.
+
+        With that split every call emits frames of consecutive bins starting at the open bin (gap-cap
+        skips fall at the end of an ``advance_to``), so each frame's stream time is known exactly.
+        """
+        b, dt = self.binner, self.cfg.binner.dt_us
+        span = max(1, min(CHUNK_STEPS, self.cfg.binner.max_gap_bins + 1))
+        t = events["t"]
+        t0 = b.t0 if b.t0 is not None else int(t[0])
+        start = b.open_bin_start if b.open_bin_start is not None else t0
+        late = int(np.searchsorted(t, start, side="left"))
+        dropped0 = b.dropped_events
+        if late:
+            b.push(events[:late])  # all late: counted by the binner, no frames
+        k = (t[late:] - t0) // dt
+        i = 0
+        while i < k.size:
+            kc = int(k[i])
+            j = int(np.searchsorted(k, kc + span, side="left"))
+            if b.t0 is not None:
+                await self._advance(t0 + kc * dt)
+            first = b.open_bin_start if b.open_bin_start is not None else t0
+            await self._enqueue(first, b.push(events[late + i : late + j]))
+            i = j
+        if b.dropped_events > dropped0:
+            n_late = b.dropped_events - dropped0
+            self.metrics.events_dropped.labels(self.model, "late").inc(n_late)
+            self.emit({
+                "type": "warning", "code": "late_events",
+                "message": f"{n_late} event(s) fell before the open timestep at {start} us (already flushed "
+                f"or advanced past) and were not counted",
+            })
+
+    async def _advance(self, t_us: int) -> None:
+        b = self.binner
+        first, skipped0 = b.open_bin_start, b.skipped_bins
+        frames = b.advance_to(t_us)
+        if first is not None:
+            await self._enqueue(first, frames)
+        skipped = b.skipped_bins - skipped0
+        if skipped:
+            self.metrics.skipped_steps.labels(self.model).inc(skipped)
+            dt = self.cfg.binner.dt_us
+            self.emit({
+                "type": "warning", "code": "time_gap",
+                "message": f"stream time jumped {(len(frames) + skipped) * dt / 1e6:.3f} s without events; "
+                f"{len(frames)} timestep(s) run, {skipped} empty timestep(s) skipped (gap cap "
+                f"{self.cfg.binner.max_gap_bins})",
+                "skipped_steps": skipped,
+            })
+
+    async def advance(self, t_us: int) -> None:
+        """The stream promises no events before ``t_us``: complete every bin that ends by then."""
+        await self._advance(t_us)
+
+    async def flush(self) -> None:
+        """Run the open bin now if it holds events (a short last timestep)."""
+        first = self.binner.open_bin_start
+        frames = self.binner.flush()
+        if first is not None:
+            await self._enqueue(first, frames)
+
+    async def _enqueue(self, first_t: int, frames: np.ndarray) -> None:
+        if not len(frames):
+            return
+        dt = self.cfg.binner.dt_us
+        sched = self.worker.scheduler
+        for i in range(frames.shape[0]):
+            await self._wait_room()
+            epoch = sched.epoch(self.id)
+            sched.enqueue(StepRequest(self.id, epoch, self.next_index, first_t + i * dt, frames[i], time.perf_counter()))
+            self.next_index += 1
+            self._drained.clear()
+            self.engine.notify()
+        self.metrics.queue_depth.labels(self.model).set(sched.depth)
+
+    async def _wait_room(self) -> None:
+        lim, sched = self.cfg.limits, self.worker.scheduler
+        if sched.queue_len(self.id) < lim.max_queue_steps:
+            return
+        self.metrics.backpressure.labels(self.model, "wait").inc()
+        if not self._warned_backpressure:
+            self._warned_backpressure = True
+            self.emit({
+                "type": "warning", "code": "backpressure",
+                "message": f"{sched.queue_len(self.id)} timesteps waiting (limit {lim.max_queue_steps}): the server "
+                "stops reading this session until they have run; stream at real-time speed to avoid it",
+            })
+        t0 = time.perf_counter()
+        try:
+            while sched.queue_len(self.id) >= lim.max_queue_steps:
+                self._check_alive(t0)
+                self._room.clear()
+                try:
+                    await asyncio.wait_for(self._room.wait(), 1.0)
+                except TimeoutError:
+                    pass
+        finally:
+            self.metrics.backpressure_wait.labels(self.model).inc(time.perf_counter() - t0)
+        if sched.queue_len(self.id) < lim.max_queue_steps // 2:
+            self._warned_backpressure = False
+
+    def _check_alive(self, since: float) -> None:
+        if self.failed is not None:
+            raise self.failed
+        if not self.engine.running:
+            raise ProtocolError("unavailable", "the inference engine has stopped", fatal=True)
+        if time.perf_counter() - since > self.cfg.limits.stall_timeout_s:
+            raise ProtocolError(
+                "stalled",
+                f"no progress for {self.cfg.limits.stall_timeout_s:.0f} s: the client is not reading its predictions",
+                fatal=True,
+            )
+
+    async def drain(self) -> None:
+        """Wait until every queued step of this session has run."""
+        t0 = time.perf_counter()
+        while not self._drained.is_set():
+            self._check_alive(t0)
+            try:
+                await asyncio.wait_for(self._drained.wait(), 1.0)
+            except TimeoutError:
+                pass
+
+    async def reset(self) -> int:
+        """Start over: zero the state, forget the stream's time; return the queued steps dropped."""
+        assert self.slot is not None
+        self._new_epoch()  # before the await: nothing of the old epoch can be counted after this
+        dropped = await self.engine.reset(self.model, self.id, self.slot)
+        self._drained.set() if self.worker.scheduler.queue_len(self.id) == 0 else None
+        self.emit({"type": "reset", "dropped_steps": dropped})
+        return dropped
+
+    async def finish(self) -> dict[str, Any]:
+        """Flush, wait for every step to run, return the summary (the ``end`` message body)."""
+        await self.flush()
+        await self.drain()
+        return self.summary()
+
+    # ---- output (called by the engine) ------------------------------------------------------------
+    def can_take_output(self) -> bool:
+        return self.outbox.qsize() < self.cfg.limits.max_outbox
+
+    def on_batch_done(self) -> None:
+        self._room.set()
+        if self.worker.scheduler.queue_len(self.id) == 0:
+            self._drained.set()
+
+    def on_failure(self, code: str, message: str) -> None:
+        self.failed = ProtocolError(code, message, fatal=True)
+        self.emit(self.failed.to_message())
+        self._room.set()
+        self._drained.set()
+
+    def on_step(self, r: StepOutput) -> None:
+        probs = self.readout.update(r.out)
+        self.probabilities = probs
+        self.steps += 1
+        self.counts += r.counts
+        self.sops += r.sops
+        self.energy_j += r.energy_j
+        k = int(np.argmax(probs))
+        label = self.classes[k]
+        req = r.request
+        dt = self.cfg.binner.dt_us
+        if self.keep_steps:
+            self.step_log.append({
+                "step": req.index, "t_start_us": req.t_start_us, "t_end_us": req.t_start_us + dt,
+                "label": label, "probabilities": probs.tolist(),
+            })
+        if not self.stream:
+            return
+        self.metrics.predictions.labels(self.model, label).inc()
+        opts = self.cfg.output
+        top = np.argsort(-probs, kind="stable")[: opts.top_k]
+        now = time.perf_counter()
+        msg: dict[str, Any] = {
+            "type": "prediction", "step": req.index, "t_start_us": req.t_start_us, "t_end_us": req.t_start_us + dt,
+            "label": label, "label_index": k,
+            "top_k": [{"label": self.classes[i], "p": float(probs[i])} for i in top],
+        }
+        if opts.probabilities:
+            msg["probabilities"] = probs.tolist()
+        rates = r.counts / np.asarray(self.worker.neurons, dtype=np.float64)
+        if opts.layer_rates:
+            msg["layer_rates"] = dict(zip(self.worker.layers, rates.tolist()))
+        msg.update({
+            "nasfr": float(r.counts.sum() / sum(self.worker.neurons)), "spikes": int(r.counts.sum()),
+            "sops": r.sops, "energy_j": r.energy_j, "batch_size": r.batch_size,
+            "latency_ms": {"step": r.step_s * 1e3, "total": (now - req.ready_at) * 1e3},
+        })
+        self.emit(msg, req.ready_at)
+
+    def summary(self) -> dict[str, Any]:
+        """Totals since the start (or the last reset): the ``end`` message and the REST result."""
+        steps = max(self.steps, 1)
+        neurons = np.asarray(self.worker.neurons, dtype=np.float64)
+        probs = self.probabilities
+        if probs is None:
+            label, k, plist, top = None, None, [], []
+        else:
+            k = int(np.argmax(probs))
+            label, plist = self.classes[k], probs.tolist()
+            top = [{"label": self.classes[i], "p": float(probs[i])} for i in np.argsort(-probs, kind="stable")[: self.cfg.output.top_k]]
+        b = self.binner
+        return {
+            "model": self.model, "label": label, "label_index": k, "probabilities": plist, "top_k": top,
+            "steps": self.steps, "events": self.events,
+            "duration_us": 0 if self.first_t is None or b.last_t is None else b.last_t - self.first_t,
+            "skipped_steps": b.skipped_bins, "late_events": b.dropped_events,
+            "layer_rates": dict(zip(self.worker.layers, (self.counts / neurons / steps).tolist())),
+            "nasfr": float(self.counts.sum() / neurons.sum() / steps), "spikes": int(self.counts.sum()),
+            "sops": self.sops, "energy_j": self.energy_j,
+        }

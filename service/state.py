@@ -1,0 +1,150 @@
+"""The app's long-lived objects and their start-up / shut-down (owned by the app's lifespan).
+
+Start-up order: scan the model directory (fails fast, with a how-to-fix message, when no bundle is
+there), start the engine loop, then load the bundles on the engine's worker thread in the
+background; ``/readyz`` turns ready once the default model is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.events.binner import BinnerConfig
+from models.events.types import SensorSize
+from service.config import Settings
+from service.engine import Engine, ModelWorker
+from service.protocol import ProtocolError
+from service.registry import ModelEntry, ModelRegistry
+from service.scheduler import Scheduler
+from service.schemas import ModelSummary, OutputOptions, ReadoutOptions, SensorSpec
+from service.session import SessionConfig, SessionLimits
+from service.telemetry import Metrics
+
+log = logging.getLogger("asasnn.service")
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    registry: ModelRegistry | None = None
+    engine: Engine | None = None
+    ready: bool = False
+    load_error: str | None = None
+    connections: int = 0
+    loader: Any = None  # models.runtime.load_runner unless a test injects another
+    _load_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        self.registry = ModelRegistry.scan(s.model_dir, s.default_model, s.backend, s.device)
+        self.engine = Engine(self.metrics)
+        self.engine.start()
+        self._load_task = asyncio.get_running_loop().create_task(self._load(), name="asasnn-load-models")
+
+    async def _load(self) -> None:
+        assert self.registry is not None and self.engine is not None
+        try:
+            await self.engine.call(self.registry.load_all, self.loader)
+        except Exception as e:  # pragma: no cover - load_all keeps per-model errors itself
+            self.load_error = f"{type(e).__name__}: {e}"
+            return
+        for e in self.registry.entries.values():
+            if e.runner is None:
+                continue
+            r = e.runner
+            cap = int(getattr(r, "capacity", None) or self.settings.max_batch)
+            self.engine.add_worker(ModelWorker(e.name, r, Scheduler(min(self.settings.max_batch, cap))))
+            self.metrics.register_model(
+                e.name, str(r.card.version), self.settings.backend, str(getattr(r, "device", self.settings.device)),
+                tuple(r.layer_names), tuple(int(n) for n in r.energy.neurons),
+            )
+        default = self.registry.get(None)
+        if default.runner is None:
+            self.load_error = f"default model {default.name!r} failed to load: {default.error}"
+            log.error(self.load_error)
+            return
+        self.ready = True
+        log.info("serving models %s (default %s)", self.registry.names, self.registry.default_name)
+
+    async def stop(self) -> None:
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+        if self.engine is not None:
+            await self.engine.stop()
+
+    # ---- helpers for routes ------------------------------------------------------------------------
+    def worker(self, entry: ModelEntry) -> ModelWorker:
+        assert self.engine is not None
+        return self.engine.workers[entry.name]
+
+    def summary(self, entry: ModelEntry) -> ModelSummary:
+        r = entry.runner
+        card = r.card
+        return ModelSummary(
+            name=entry.name, version=str(card.version), default=entry.name == self.registry.default_name,
+            classes=list(card.classes), sensor=SensorSpec(width=card.sensor.width, height=card.sensor.height),
+            ds=int(card.ds), dt_us=int(card.dt_us), mode=str(card.mode), timesteps=int(card.timesteps),
+            frame_shape=[int(x) for x in r.frame_shape], layers=list(r.layer_names), backend=self.settings.backend,
+            device=str(getattr(r, "device", self.settings.device)), streaming=str(card.mode) == "step",
+        )
+
+    def session_config(
+        self,
+        entry: ModelEntry,
+        *,
+        sensor: SensorSpec | None = None,
+        dt_us: int | None = None,
+        ds: int | None = None,
+        t_start_us: int | None = None,
+        readout: ReadoutOptions | None = None,
+        output: OutputOptions | None = None,
+        live: bool = True,
+    ) -> SessionConfig:
+        """Binning and limits of a session on ``entry``; options default to the model card.
+
+        Raises :class:`ProtocolError` ``bad_sensor`` when the frames would not fit the model's input.
+        """
+        card, s = entry.runner.card, self.settings
+        sensor = sensor or SensorSpec(width=card.sensor.width, height=card.sensor.height)
+        ds = ds or int(card.ds)
+        bcfg = BinnerConfig(
+            SensorSize(sensor.width, sensor.height), dt_us or int(card.dt_us), ds, binner_mode(card), s.max_gap_steps
+        )
+        want = tuple(int(x) for x in entry.runner.frame_shape)
+        if tuple(bcfg.frame_shape) != want:
+            raise ProtocolError(
+                "bad_sensor",
+                f"a {sensor.width}x{sensor.height} sensor binned with ds={ds} gives frames {list(bcfg.frame_shape)}, "
+                f"but model {entry.name!r} takes {list(want)} (trained on {card.sensor.width}x"
+                f"{card.sensor.height}, ds={card.ds}); pick ds to match or use a model for this sensor",
+                fatal=True,
+            )
+        if readout is not None and readout.mode == "horizon" and readout.horizon is None:
+            readout = readout.model_copy(update={"horizon": int(card.timesteps)})
+        n_classes = len(card.classes)
+        output = output or OutputOptions()
+        if output.top_k > n_classes:
+            output = output.model_copy(update={"top_k": n_classes})
+        limits = SessionLimits(
+            max_queue_steps=s.max_queue_steps, max_outbox=s.max_outbox,
+            backpressure=s.backpressure if live else "block",
+            max_events_per_second=s.max_events_per_second if live else None,
+            rate_burst_s=s.rate_burst_s, stall_timeout_s=s.idle_timeout_s,
+        )
+        return SessionConfig(bcfg, t_start_us, readout or default_readout(card), output, limits)
+
+
+def binner_mode(card: Any) -> str:
+    """Frame mode of the card's training data (``count`` unless the card says otherwise)."""
+    mode = getattr(card, "frame_mode", None) or getattr(card, "binning", None)
+    if isinstance(mode, dict):
+        mode = mode.get("mode")
+    return mode if mode in ("count", "binary") else "count"
+
+
+def default_readout(card: Any) -> ReadoutOptions:
+    return ReadoutOptions(mode="horizon", horizon=int(card.timesteps))

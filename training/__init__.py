@@ -1,0 +1,1 @@
+"""Training, evaluation, redundancy measurement and export of vanilla and ASA spiking networks."""

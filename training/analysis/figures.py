@@ -1,0 +1,357 @@
+"""Figures of the redundancy report, one function per figure, each returning a matplotlib ``Figure``.
+
+Conventions: N-SFR and attention maps on a fixed 0-1 colour scale (blue = never fires, red = fires
+in every sample, as in the paper's Figures 2 and 5); one colour per model throughout; every axis
+names its quantity and unit. Uses ``matplotlib.figure.Figure`` directly (no pyplot, no global state).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from training.analysis import metrics as M
+from training.analysis.run import ModelResult
+
+NSFR_CMAP = "RdYlBu_r"  # 0 blue, 1 red
+PATTERN_COLOURS = {M.NOISE: "#d62728", M.NORMAL: "#1f77b4", M.NULL: "#9e9e9e"}
+MODEL_COLOURS = ["#444444", "#d95f02", "#1b9e77", "#7570b3", "#e7298a", "#66a61e"]
+MARKERS = ["o", "s", "^", "D", "v", "P"]
+
+
+def colour(k: int) -> str:
+    return MODEL_COLOURS[k % len(MODEL_COLOURS)]
+
+
+def _conv(r: ModelResult) -> list[int]:
+    return [i for i, layer in enumerate(r.layers) if layer.conv]
+
+
+def fig_tsfr(results: list[ModelResult]) -> Figure:
+    """T-SFR against the timestep, network and per layer (observation 2: flat over time?)."""
+    names = [layer.name for layer in results[0].layers]
+    n = len(names) + 1
+    fig = Figure(figsize=(3.2 * n, 3.0), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for k, r in enumerate(results):
+        t = np.arange(1, len(r.tsfr) + 1)
+        curves = [r.tsfr] + [layer.tsfr for layer in r.layers]
+        for ax, y in zip(axes, curves):
+            ax.plot(t, y, marker=MARKERS[k % 6], ms=3, color=colour(k), label=r.name)
+    for ax, title in zip(axes, ["network", *names]):
+        ax.set_title(f"T-SFR, {title}")
+        ax.set_xlabel("timestep t")
+        ax.set_ylim(bottom=0)
+    axes[0].set_ylabel("spikes / neuron / timestep")
+    axes[0].legend(fontsize=8)
+    return fig
+
+
+def fig_rates(results: list[ModelResult]) -> Figure:
+    """Firing rate and spikes per sample per layer, with the change against the first model."""
+    names = [layer.name for layer in results[0].layers] + ["network"]
+    x = np.arange(len(names))
+    w = 0.8 / len(results)
+    fig = Figure(figsize=(max(8, 1.6 * len(names) * 2), 3.4), layout="constrained")
+    a, b = fig.subplots(1, 2)
+    base = [layer.spikes_per_sample for layer in results[0].layers] + [results[0].summary["spikes_per_sample"]]
+    for k, r in enumerate(results):
+        fr = [layer.firing_rate for layer in r.layers] + [r.nasfr]
+        sp = [layer.spikes_per_sample for layer in r.layers] + [r.summary["spikes_per_sample"]]
+        off = (k - (len(results) - 1) / 2) * w
+        a.bar(x + off, fr, w, color=colour(k), label=r.name)
+        bars = b.bar(x + off, sp, w, color=colour(k), label=r.name)
+        if k:
+            for bar, s0, s1 in zip(bars, base, sp):
+                b.annotate(f"{M.pct_change(s0, s1):+.0f}%", (bar.get_x() + w / 2, bar.get_height()),
+                           ha="center", va="bottom", fontsize=7, rotation=90)
+    a.set_title("firing rate per layer (network: NASFR)")
+    a.set_ylabel("spikes / neuron / timestep")
+    b.set_title(f"spikes per sample (% change vs {results[0].name})")
+    b.set_ylabel("spikes / sample (whole window)")
+    b.set_yscale("log")
+    for ax in (a, b):
+        ax.set_xticks(x, names)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def fig_csfr(results: list[ModelResult]) -> Figure:
+    """C-SFR per channel, sorted, coloured by pattern (noise / normal / null)."""
+    conv = _conv(results[0])
+    fig = Figure(figsize=(3.6 * len(results), 2.4 * len(conv)), layout="constrained")
+    axes = fig.subplots(len(conv), len(results), squeeze=False)
+    for row, i in enumerate(conv):
+        top = max(float(r.layers[i].csfr.max()) for r in results) * 1.05 or 1.0
+        for col, r in enumerate(results):
+            layer, ax = r.layers[i], axes[row, col]
+            order = np.argsort(-layer.csfr, kind="stable")
+            ax.bar(np.arange(len(order)), layer.csfr[order], 0.9, color=[PATTERN_COLOURS[p] for p in layer.pattern[order]])
+            counts = {p: int((layer.pattern == p).sum()) for p in (M.NOISE, M.NORMAL, M.NULL)}
+            ax.set_title(f"{r.name}, {layer.name}: {counts[M.NOISE]} noise / {counts[M.NORMAL]} normal / {counts[M.NULL]} null",
+                         fontsize=8)
+            ax.set_ylim(0, top)
+            ax.set_xlabel("channel rank (by C-SFR)")
+            if col == 0:
+                ax.set_ylabel("C-SFR (mean over t)")
+    fig.legend(handles=[Patch(color=c, label=p) for p, c in PATTERN_COLOURS.items()], loc="outside upper right", ncols=3)
+    return fig
+
+
+def fig_nsfr_maps(results: list[ModelResult]) -> Figure:
+    """N-SFR averaged over channels and timesteps, per layer; first column: how often each input pixel
+    is in the event region."""
+    conv = _conv(results[0])
+    fig = Figure(figsize=(2.6 * (len(conv) + 1) + 1, 2.4 * len(results)), layout="constrained")
+    axes = fig.subplots(len(results), len(conv) + 1, squeeze=False)
+    tops = [max(float(r.layers[i].nsfr.mean(axis=(0, 1)).max()) for r in results) or 1.0 for i in conv]
+    for row, r in enumerate(results):
+        im = axes[row, 0].imshow(r.region_freq, cmap="magma", vmin=0, vmax=1)
+        axes[row, 0].set_title(f"{r.name}\nevent region (share of clips)", fontsize=8)
+        fig.colorbar(im, ax=axes[row, 0], shrink=0.8)
+        for col, i in enumerate(conv, start=1):
+            im = axes[row, col].imshow(r.layers[i].nsfr.mean(axis=(0, 1)), cmap=NSFR_CMAP, vmin=0, vmax=tops[col - 1])
+            axes[row, col].set_title(f"{r.layers[i].name}: mean N-SFR", fontsize=8)
+            fig.colorbar(im, ax=axes[row, col], shrink=0.8, label="N-SFR")
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    return fig
+
+
+def fig_spike_features(r: ModelResult, i: int, t: int, max_channels: int = 64) -> Figure:
+    """Definition 2 / Figure 2a: every channel's spike feature at timestep ``t`` on the 0-1 scale."""
+    layer = r.layers[i]
+    c = min(layer.nsfr.shape[1], max_channels)
+    cols = min(8, c)
+    rows = -(-c // cols)
+    fig = Figure(figsize=(1.25 * cols + 0.8, 1.35 * rows + 0.5), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    im = None
+    for ch, ax in enumerate(axes.flat):
+        ax.set_xticks([]), ax.set_yticks([])
+        if ch >= c:
+            ax.axis("off")
+            continue
+        im = ax.imshow(layer.nsfr[t, ch], cmap=NSFR_CMAP, vmin=0, vmax=1)
+        p = layer.pattern[ch]
+        ax.set_title(f"c{ch} {p} {layer.csfr_t[t, ch]:.2f}", fontsize=7, color=PATTERN_COLOURS[p])
+    fig.suptitle(f"{r.name}, {layer.name}: spike features at t={t + 1} (title: channel, pattern, C-SFR)", fontsize=9)
+    fig.colorbar(im, ax=axes, shrink=0.6, label="N-SFR (share of clips spiking)")
+    return fig
+
+
+def pick_channels(layer) -> list[tuple[str, int]]:
+    """The channels followed over time: the most active one and the most object-focused active one."""
+    out = [("most active", int(np.argmax(layer.csfr)))]
+    active = np.flatnonzero(layer.pattern != M.NULL)
+    if active.size:
+        focused = int(active[np.nanargmin(np.nan_to_num(layer.bg_share[active], nan=1.0))])
+        if focused != out[0][1]:
+            out.append(("most on the events", focused))
+    return out
+
+
+def fig_channel_time(r: ModelResult, i: int, max_steps: int = 16) -> Figure:
+    """Figure 2b: one channel's spike feature across timesteps (fixed 0-1 scale)."""
+    layer = r.layers[i]
+    chans = pick_channels(layer)
+    steps = np.unique(np.linspace(0, layer.nsfr.shape[0] - 1, min(max_steps, layer.nsfr.shape[0])).round().astype(int))
+    fig = Figure(figsize=(1.1 * len(steps) + 1.2, 1.45 * len(chans) + 0.5), layout="constrained")
+    axes = fig.subplots(len(chans), len(steps), squeeze=False)
+    im = None
+    for row, (why, ch) in enumerate(chans):
+        for col, t in enumerate(steps):
+            ax = axes[row, col]
+            im = ax.imshow(layer.nsfr[t, ch], cmap=NSFR_CMAP, vmin=0, vmax=1)
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(f"t={t + 1}", fontsize=7)
+        axes[row, 0].set_ylabel(f"c{ch}\n{why}\n{layer.pattern[ch]}", fontsize=7)
+    fig.suptitle(f"{r.name}, {layer.name}: one channel across timesteps", fontsize=9)
+    fig.colorbar(im, ax=axes, shrink=0.7, label="N-SFR")
+    return fig
+
+
+def fig_similarity(results: list[ModelResult], i: int) -> Figure:
+    """Observation 1: cosine similarity of the channels' spike features, channels sorted by C-SFR."""
+    fig = Figure(figsize=(3.4 * len(results) + 0.8, 3.2), layout="constrained")
+    axes = fig.subplots(1, len(results), squeeze=False)[0]
+    im = None
+    for ax, r in zip(axes, results):
+        layer = r.layers[i]
+        order = np.argsort(-layer.csfr, kind="stable")
+        im = ax.imshow(layer.sim[np.ix_(order, order)], cmap="viridis", vmin=0, vmax=1)
+        g = layer.ghost
+        ax.set_title(f"{r.name}, {layer.name}\n{g['channels']} ch. with a near duplicate, {g['pairs']} pairs", fontsize=8)
+        ax.set_xlabel("channel rank (by C-SFR)")
+    axes[0].set_ylabel("channel rank (by C-SFR)")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="cosine similarity of spike features")
+    return fig
+
+
+def fig_noise_scatter(results: list[ModelResult], noise_share: float, min_rate: float) -> Figure:
+    """Observation 3: channels that fire a lot fire on the background (noise pattern heuristic)."""
+    conv = _conv(results[0])
+    fig = Figure(figsize=(3.6 * len(conv), 3.3), layout="constrained")
+    axes = fig.subplots(1, len(conv), squeeze=False)[0]
+    for ax, i in zip(axes, conv):
+        for k, r in enumerate(results):
+            layer = r.layers[i]
+            ax.scatter(layer.csfr, layer.bg_share, s=18, color=colour(k), marker=MARKERS[k % 6], alpha=0.8, label=r.name)
+        ax.axhline(noise_share, color="#d62728", ls="--", lw=1, label=f"noise if >= {noise_share:g}")
+        ax.axhline(results[0].layers[i].uniform_bg_share, color="k", ls=":", lw=1, label="uniform firing")
+        ax.axvline(min_rate, color="#9e9e9e", ls=":", lw=1, label=f"null if C-SFR < {min_rate:g}")
+        ax.set_xscale("symlog", linthresh=min_rate)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(results[0].layers[i].name)
+        ax.set_xlabel("C-SFR (spikes / neuron / timestep)")
+    axes[0].set_ylabel("share of spikes outside the event region")
+    axes[-1].legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def _mpd_xrange(results: list[ModelResult], i: int, edges: np.ndarray) -> tuple[float, float]:
+    h = sum(r.layers[i].hist.sum(axis=0) for r in results).astype(float)
+    if h.sum() == 0:
+        return float(edges[0]), float(edges[-1])
+    cdf = np.cumsum(h) / h.sum()
+    lo, hi = np.searchsorted(cdf, 0.002), np.searchsorted(cdf, 0.998)
+    v_th = results[0].v_th
+    return float(min(edges[lo], -0.2)), float(max(edges[min(hi + 1, len(edges) - 1)], v_th + 0.2))
+
+
+def fig_mpd(results: list[ModelResult], r: ModelResult, i: int, edges: np.ndarray, max_channels: int = 16) -> Figure:
+    """Definition 5: per-channel membrane-potential histograms, threshold line, peak interval (PTD)."""
+    layer = r.layers[i]
+    order = np.argsort(-layer.csfr, kind="stable")
+    picks = order[np.unique(np.linspace(0, len(order) - 1, min(max_channels, len(order))).round().astype(int))]
+    cols = min(4, len(picks))
+    rows = -(-len(picks) // cols)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    lo, hi = _mpd_xrange(results, i, edges)
+    fig = Figure(figsize=(2.3 * cols, 1.7 * rows + 0.5), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, ch in zip(axes.flat, picks):
+        h = layer.hist[ch] / max(layer.hist[ch].sum(), 1)
+        ax.fill_between(centres, h, step="mid", color=colour(results.index(r)), alpha=0.7)
+        ax.axvline(r.v_th, color="#d62728", lw=1)
+        if np.isfinite(layer.ptd[ch]):
+            ax.axvline(r.v_th + layer.ptd[ch], color="#2ca02c", lw=1, ls="--")
+        ax.set_xlim(lo, hi)
+        ax.set_title(f"c{ch} C-SFR {layer.csfr[ch]:.2f}\nPTD {layer.ptd[ch]:+.2f}  var {layer.variance[ch]:.3f}", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in axes.flat[len(picks):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("membrane potential U", fontsize=7)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("share of values", fontsize=7)
+    fig.suptitle(f"{r.name}, {layer.name}: MPD per channel (red: Vth = {r.v_th:g}, green dashed: peak interval centre)",
+                 fontsize=8)
+    return fig
+
+
+def fig_ptd_variance(results: list[ModelResult]) -> Figure:
+    """Figure 6: PTD against variance of every conv channel, coloured by C-SFR."""
+    fig = Figure(figsize=(3.8 * len(results) + 1, 3.4), layout="constrained")
+    axes = fig.subplots(1, len(results), squeeze=False, sharex=True, sharey=True)[0]
+    top = max(float(layer.csfr.max()) for r in results for layer in r.layers if layer.conv) or 1.0
+    sc = None
+    for ax, r in zip(axes, results):
+        for j, i in enumerate(_conv(r)):
+            layer = r.layers[i]
+            sc = ax.scatter(layer.ptd, layer.variance, c=layer.csfr, cmap="plasma", vmin=0, vmax=top, s=22,
+                            marker=MARKERS[j % 6], edgecolors="k", linewidths=0.3, label=layer.name)
+        ax.axvline(0, color="#d62728", lw=1, ls="--")
+        ax.set_title(r.name)
+        ax.set_xlabel("PTD = peak interval centre - Vth")
+        ax.set_yscale("log")
+    axes[0].set_ylabel("variance of U")
+    axes[0].legend(fontsize=7)
+    fig.colorbar(sc, ax=axes, label="C-SFR")
+    return fig
+
+
+def fig_qe(results: list[ModelResult]) -> Figure:
+    """Table 4: quantisation error per layer."""
+    names = [layer.name for layer in results[0].layers]
+    x, w = np.arange(len(names)), 0.8 / len(results)
+    fig = Figure(figsize=(max(5, 1.2 * len(names) + 2), 3.0), layout="constrained")
+    ax = fig.subplots()
+    for k, r in enumerate(results):
+        ax.bar(x + (k - (len(results) - 1) / 2) * w, [layer.qe for layer in r.layers], w, color=colour(k), label=r.name)
+    ax.set_xticks(x, names)
+    ax.set_ylabel("QE = mean (U - S)^2")
+    ax.set_title("quantisation error per layer")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def fig_energy(results: list[ModelResult]) -> Figure:
+    """SOPs per layer and the energy proxy per sample, split into its terms."""
+    names = [layer.name for layer in results[0].layers]
+    x, w = np.arange(len(names)), 0.8 / len(results)
+    fig = Figure(figsize=(11, 3.2), layout="constrained")
+    a, b = fig.subplots(1, 2, width_ratios=[2, 1])
+    for k, r in enumerate(results):
+        a.bar(x + (k - (len(results) - 1) / 2) * w, [layer.sops_per_sample for layer in r.layers], w, color=colour(k), label=r.name)
+        em = r.summary["energy_model"]
+        mac = em["e_mac_j"] * em["first_layer_macs_per_step"] * r.timesteps * 1e6
+        ac = em["e_ac_j"] * r.summary["sops_per_sample"] * 1e6
+        b.bar(k, mac, 0.6, color="#bbbbbb", label="first layer MACs" if k == 0 else None)
+        b.bar(k, ac, 0.6, bottom=mac, color=colour(k))
+        b.annotate(f"{mac + ac:.3g}", (k, mac + ac), ha="center", va="bottom", fontsize=8)
+    a.set_xticks(x, names)
+    a.set_ylabel("SOPs / sample")
+    a.set_title("synaptic operations triggered by each layer's spikes")
+    a.legend(fontsize=8)
+    b.set_xticks(range(len(results)), [r.name for r in results], fontsize=7, rotation=15)
+    b.set_ylabel("energy proxy / sample (uJ)")
+    b.set_title("E = E_MAC MACs(layer 1) + E_AC SOPs")
+    b.legend(fontsize=7)
+    return fig
+
+
+def fig_masks(r: ModelResult) -> Figure:
+    """Which channels ASA put in the important group (M1), per timestep: share of samples."""
+    n = len(r.attn)
+    fig = Figure(figsize=(3.4 * n + 0.8, 3.3), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    im = None
+    for ax, a in zip(axes, r.attn):
+        im = ax.imshow(a.freq.T, cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest",
+                       extent=(0.5, a.freq.shape[0] + 0.5, a.freq.shape[1] - 0.5, -0.5))
+        ax.set_title(f"{a.layer}: stability {a.stability.mean():.2f}, agreement {a.agreement:.2f}", fontsize=8)
+        ax.set_xlabel("timestep t")
+        ax.set_ylabel("channel")
+    fig.suptitle(f"{r.name}: share of clips with (t, c) in the important group M1", fontsize=9)
+    fig.colorbar(im, ax=axes, shrink=0.8, label="share of clips")
+    return fig
+
+
+def fig_spatial_maps(r: ModelResult, t: int) -> Figure:
+    """The two spatial attention maps f_S1, f_S2 of each ASA layer on the first samples."""
+    k = min(len(r.inputs), *(len(a.maps) for a in r.attn))
+    cols = 1 + 2 * len(r.attn)
+    fig = Figure(figsize=(1.7 * cols + 0.8, 1.7 * k + 0.6), layout="constrained")
+    axes = fig.subplots(k, cols, squeeze=False)
+    im = None
+    for s in range(k):
+        axes[s, 0].imshow(r.inputs[s], cmap="gray_r")
+        axes[s, 0].set_ylabel(f"clip {s}", fontsize=8)
+        for j, a in enumerate(r.attn):
+            tt = 0 if a.maps.shape[2] == 1 else min(t, a.maps.shape[2] - 1)
+            for g in range(2):
+                ax = axes[s, 1 + 2 * j + g]
+                im = ax.imshow(a.maps[s, g, tt], cmap="viridis", vmin=0, vmax=1)
+                if s == 0:
+                    when = "window" if a.maps.shape[2] == 1 else f"t={tt + 1}"
+                    ax.set_title(f"{a.layer} f_S{g + 1}\n({when})", fontsize=7)
+    axes[0, 0].set_title("input events\n(window)", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.colorbar(im, ax=axes, shrink=0.7, label="spatial attention (0-1)")
+    return fig
+
+
+__all__ = [name for name in dir() if name.startswith("fig_")] + ["pick_channels"]
