@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -52,9 +52,9 @@ class SessionLimits:
 class SessionConfig:
     binner: BinnerConfig
     t_start_us: int | None = None
-    readout: ReadoutOptions = ReadoutOptions()
-    output: OutputOptions = OutputOptions()
-    limits: SessionLimits = SessionLimits()
+    readout: ReadoutOptions = field(default_factory=ReadoutOptions)
+    output: OutputOptions = field(default_factory=OutputOptions)
+    limits: SessionLimits = field(default_factory=SessionLimits)
 
 
 class Session:

@@ -56,6 +56,16 @@ def validate_events(events: np.ndarray, sensor: SensorSize, last_t: int | None =
     if events.size == 0:
         return
     x, y, p, t = events["x"], events["y"], events["p"], events["t"]
+    # Fast path for the common case; the searches below only run to name what is wrong.
+    if (
+        int(x.max()) < sensor.width
+        and int(y.max()) < sensor.height
+        and int(p.max()) <= 1
+        and t[0] >= 0
+        and (last_t is None or t[0] >= last_t)
+        and (t.size == 1 or bool((t[1:] >= t[:-1]).all()))
+    ):
+        return
     bad = np.flatnonzero((x >= sensor.width) | (y >= sensor.height))
     if bad.size:
         i = int(bad[0])

@@ -4,7 +4,6 @@ contract holds, and the train / eval commands work end to end on the synthetic s
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from models.config import NetworkConfig

@@ -72,8 +72,6 @@ def _from_bundle(bundle: Any, path: Path) -> tuple[Any, dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from models.instrument import EnergyModel
     from training.config import TrainConfig
     from training.distributed import pick_device

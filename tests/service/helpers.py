@@ -1,0 +1,107 @@
+"""Test helpers: a small bundle from an untrained ``tiny`` network, real uvicorn servers on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+import uvicorn
+
+from models.events import SensorSize
+from service.config import Settings
+from service.main import create_app
+
+SENSOR = SensorSize(128, 128)
+DT_US = 50_000
+
+
+def _default_loader() -> Any:
+    try:
+        from models.runtime import load_runner  # noqa: F401
+    except ImportError:  # TEMPORARY until the runtime lands
+        from tests.service._standin import load_runner
+
+        return load_runner
+    return None
+
+
+LOADER = _default_loader()
+
+
+def make_bundle(directory: Path, seed: int, name: str) -> None:
+    """An untrained tiny network, BatchNorm calibrated so every layer spikes, saved as a bundle."""
+    from models.config import preset
+    from models.network import SpikingNet
+    from models.runtime.bundle import save_bundle
+    from models.runtime.calibrate import calibrate_untrained
+    from models.runtime.export import build_card
+    from models.synthetic import CLASSES
+
+    torch.manual_seed(seed)
+    net = SpikingNet(preset("tiny", num_classes=len(CLASSES)))
+    g = torch.Generator().manual_seed(seed)
+    frames = (torch.rand(16, 4, 2, 32, 32, generator=g) < 0.08).float() * 2
+    calibrate_untrained(net, frames)
+    card = build_card(net, classes=CLASSES, sensor=(SENSOR.width, SENSOR.height), ds=4, dt_us=DT_US, name=name)
+    save_bundle(directory, card, net, None)
+
+
+def settings_for(model_dir: Path, **kw: Any) -> Settings:
+    base: dict[str, Any] = {"model_dir": model_dir, "device": "cpu", "backend": "torch", "idle_timeout_s": 20}
+    base.update(kw)
+    return Settings(**base)
+
+
+class LiveServer:
+    """A real uvicorn server on a free loopback port, in a thread."""
+
+    def __init__(self, settings: Settings, loader: Any = None) -> None:
+        self.settings = settings
+        self.app = create_app(settings, loader=loader or LOADER)
+        cfg = uvicorn.Config(
+            self.app, host="127.0.0.1", port=0, log_level="warning", ws_max_size=settings.ws_max_size,
+            ws_per_message_deflate=False, lifespan="on",
+        )
+        self.server = uvicorn.Server(cfg)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.http = f"http://127.0.0.1:{port}"
+        self.ws = f"ws://127.0.0.1:{port}/ws/infer"
+        while httpx.get(self.http + "/readyz").status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("server not ready: " + httpx.get(self.http + "/readyz").text)
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    @property
+    def state(self):
+        return self.app.state.service
+
+    def metric(self, name: str, **labels: str) -> float:
+        v = self.state.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if v is None else v
+
+
+@contextlib.contextmanager
+def live_server(model_dir: Path, loader: Any = None, **kw: Any) -> Iterator[LiveServer]:
+    """A server with settings ``kw`` on top of the test defaults."""
+    with LiveServer(settings_for(model_dir, **kw), loader=loader) as s:
+        yield s
