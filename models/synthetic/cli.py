@@ -29,7 +29,9 @@ from models.synthetic.dataset import (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="directory to write into (created if missing)")
-    parser.add_argument("--count", type=int, default=len(CLASSES), help="recordings to write; 0 = the whole split")
+    parser.add_argument(
+        "--count", type=int, default=len(CLASSES), help="recordings to write; 0 = the whole split"
+    )
     parser.add_argument("--split", choices=("train", "test"), default="train")
     parser.add_argument("--format", choices=("npz", "aedat4"), default="npz")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed")
@@ -40,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subjects-test", type=int, default=6)
     parser.add_argument("--clips", type=int, default=3, help="clips per class per subject")
     parser.add_argument("--noise-scale", type=float, default=1.0, help="sensor noise multiplier; 0 = none")
-    parser.add_argument("--clutter-scale", type=float, default=1.0, help="background clutter multiplier; 0 = none")
+    parser.add_argument(
+        "--clutter-scale", type=float, default=1.0, help="background clutter multiplier; 0 = none"
+    )
     parser.add_argument(
         "--stats", type=int, metavar="N", help="print the statistics table over N clips per class and exit"
     )
@@ -61,7 +65,9 @@ def config_from_args(args: argparse.Namespace) -> SyntheticConfig:
 
 def ordered_specs(cfg: SyntheticConfig, split: str) -> list[SampleSpec]:
     """The split's samples by subject, then clip, then class (every class before the next clip)."""
-    return sorted(sample_list(cfg, "train" if split == "train" else "test"), key=lambda s: (s.subject, s.clip, s.label))
+    return sorted(
+        sample_list(cfg, "train" if split == "train" else "test"), key=lambda s: (s.subject, s.clip, s.label)
+    )
 
 
 def write_recordings(cfg: SyntheticConfig, out: Path, split: str, count: int, fmt: str) -> list[Path]:

@@ -17,8 +17,8 @@ one refractory filter together, so no pixel ever fires twice within ``refractory
 
 Speed. Rendering and the threshold test touch only pixels that can change: the scene names the
 rectangles that may change in each chunk of render steps, and inside a chunk only pixels whose level
-leaves the no-event band take part in the per-step loop. A 1.5 s 128x128 gesture clip takes about a
-tenth of a second.
+leaves the no-event band take part, round by round (:func:`_chunk_events`). A 1.5 s 128x128 gesture
+clip takes about 0.13 s of CPU.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class DvsParams:
     c_min: float = 0.05  # floor for the drawn thresholds
     refractory_us: int = 500
     render_dt_us: int = 1000
-    chunk_steps: int = 25  # render steps handled together (memory ~ chunk * changing pixels)
+    chunk_steps: int = 50  # render steps handled together (memory ~ chunk * changing pixels)
 
     def __post_init__(self) -> None:
         if min(self.c_on, self.c_off, self.c_min) <= 0 or self.c_sigma < 0:
@@ -109,7 +109,9 @@ class Recording(NamedTuple):
     source: np.ndarray
 
 
-def draw_thresholds(sensor: SensorSize, dvs: DvsParams, rng: np.random.Generator, scale: float = 1.0) -> Thresholds:
+def draw_thresholds(
+    sensor: SensorSize, dvs: DvsParams, rng: np.random.Generator, scale: float = 1.0
+) -> Thresholds:
     """Fixed-pattern threshold mismatch: normal around the nominal values, floored at ``c_min``."""
     n = sensor.width * sensor.height
     on = np.maximum(scale * (dvs.c_on + dvs.c_sigma * rng.standard_normal(n)), dvs.c_min)
@@ -145,7 +147,7 @@ def dvs_step(
     new_ref = ref + sgn * n * c
     slope = np.maximum(sgn * (l_cur - l_prev), 1e-12)
     s = dt_us * c / slope
-    t1 = t_prev_us + dt_us * np.clip((sgn * (ref - l_prev) + c) / slope, 0.0, 1.0)
+    t1 = t_prev_us + dt_us * np.minimum(np.maximum((sgn * (ref - l_prev) + c) / slope, 0.0), 1.0)
     if refractory_us > 0:
         j0 = 1.0 + np.maximum(0.0, np.ceil((last_t + refractory_us - t1) / s))
         m = np.maximum(1.0, np.ceil(refractory_us / s))
@@ -181,21 +183,30 @@ def _chunk_events(
     ``ref``/``last_t``.
     """
     ref, last_t = ref.copy(), last_t.copy()
-    rows = np.arange(lv.shape[0])[:, None]
-    cursor = np.ones(lv.shape[1], dtype=np.int64)
-    active = np.arange(lv.shape[1])
+    lt = np.ascontiguousarray(lv.T)  # [P, K + 1]: a pixel's samples side by side, cheap to gather
+    rows = np.arange(lt.shape[1])
+    cursor = np.ones(lt.shape[0], dtype=np.int64)
+    active = np.arange(lt.shape[0])
     out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     while active.size:
-        d = lv[:, active] - ref[active]
-        cross = ((d >= c_on[active]) | (d <= -c_off[active])) & (rows >= cursor[active])
-        k = cross.argmax(0)
+        d = lt[active] - ref[active, None]
+        cross = (d >= c_on[active, None]) | (d <= -c_off[active, None])
+        cross &= rows >= cursor[active, None]
+        k = cross.argmax(1)
         has = k > 0  # row 0 never crosses: it is inside the band by construction
         active, k = active[has], k[has]
         if not active.size:
             break
         idx, te, pe, ref[active], last_t[active] = dvs_step(
-            lv[k - 1, active], lv[k, active], ref[active], last_t[active], c_on[active], c_off[active],
-            t_prev[k - 1], dt_us, refractory_us,
+            lt[active, k - 1],
+            lt[active, k],
+            ref[active],
+            last_t[active],
+            c_on[active],
+            c_off[active],
+            t_prev[k - 1],
+            dt_us,
+            refractory_us,
         )
         out.append((active[idx], te, pe))
         cursor[active] = k + 1
@@ -265,7 +276,9 @@ def _events(t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray) -> np.nd
     return ev
 
 
-def noise_events(sensor: SensorSize, duration_us: int, noise: NoiseParams, rng: np.random.Generator) -> Recording:
+def noise_events(
+    sensor: SensorSize, duration_us: int, noise: NoiseParams, rng: np.random.Generator
+) -> Recording:
     """Background activity and hot pixels over ``[0, duration_us)``; unsorted.
 
     Background activity: a homogeneous Poisson process per pixel, which is the same as a Poisson total
@@ -294,18 +307,19 @@ def noise_events(sensor: SensorSize, duration_us: int, noise: NoiseParams, rng: 
 
 
 def merge(parts: list[Recording], sensor: SensorSize, refractory_us: int) -> Recording:
-    """Concatenate, sort by time (stable, so deterministic) and apply the refractory period.
+    """Concatenate, sort by time, then pixel, and apply the refractory period.
 
-    An event is dropped when the previous event of the same pixel (kept or not) is less than
-    ``refractory_us`` earlier. That drops a little more than the greedy rule, but it is vectorised and
-    guarantees that no two kept events of a pixel are closer than ``refractory_us``.
+    Sorting on ``(t, pixel)`` makes the order canonical: it does not depend on how the simulator
+    happened to group its work. An event is dropped when the previous event of the same pixel (kept or
+    not) is less than ``refractory_us`` earlier. That drops a little more than the greedy rule, but it
+    is vectorised and guarantees that no two kept events of a pixel are closer than ``refractory_us``.
     """
     ev = np.concatenate([r.events for r in parts])
     src = np.concatenate([r.source for r in parts])
-    order = np.argsort(ev["t"], kind="stable")
-    ev, src = ev[order], src[order]
+    pix = ev["y"].astype(np.int64) * sensor.width + ev["x"]
+    order = np.argsort(ev["t"] * (sensor.width * sensor.height) + pix, kind="stable")
+    ev, src, pix = ev[order], src[order], pix[order]
     if refractory_us > 0 and ev.size > 1:
-        pix = ev["y"].astype(np.int64) * sensor.width + ev["x"]
         by_pix = np.argsort(pix, kind="stable")  # within a pixel, still in time order
         same = pix[by_pix][1:] == pix[by_pix][:-1]
         close = np.diff(ev["t"][by_pix]) < refractory_us

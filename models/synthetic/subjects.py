@@ -16,7 +16,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from models.events.types import SensorSize
-from models.synthetic.scenes import BASE_PERIOD_S, GESTURES, Box, DriftTexture, Flicker, GestureScene, Motion, smooth_field
+from models.synthetic.scenes import (
+    BASE_PERIOD_S,
+    GESTURES,
+    Box,
+    DriftTexture,
+    Flicker,
+    GestureScene,
+    Motion,
+    smooth_field,
+)
 from models.synthetic.simulator import NoiseParams
 
 _REFERENCE_SIDE = 128.0  # sizes below are in pixels of a 128x128 sensor and scale with the sensor
@@ -44,7 +53,9 @@ class SubjectStyle:
     texture_amp: float
 
 
-def subject_style(seed: int, subject: int, noise_scale: float = 1.0, clutter_scale: float = 1.0) -> SubjectStyle:
+def subject_style(
+    seed: int, subject: int, noise_scale: float = 1.0, clutter_scale: float = 1.0
+) -> SubjectStyle:
     """The style of ``subject`` in the dataset with ``seed``; ``*_scale`` = 0 switches noise / clutter off."""
     rng = np.random.default_rng([seed, 1, subject])
     return SubjectStyle(
@@ -57,13 +68,13 @@ def subject_style(seed: int, subject: int, noise_scale: float = 1.0, clutter_sca
         bg_texture=float(rng.uniform(0.08, 0.3)),
         threshold_scale=float(rng.uniform(0.85, 1.2)),
         ba_rate_hz=float(noise_scale * np.exp(rng.uniform(np.log(0.1), np.log(0.8)))),
-        hot_pixels=int(round(noise_scale * rng.integers(2, 9))),
+        hot_pixels=int(np.rint(noise_scale * rng.integers(2, 9))),
         hot_rate_hz=float(rng.uniform(20.0, 80.0)),
-        flicker=bool(clutter_scale > 0 and rng.random() < 0.6),
+        flicker=bool(rng.random() < 0.6 and clutter_scale > 0),
         flicker_hz=float(rng.uniform(3.0, 12.0)),
-        flicker_amp=float(clutter_scale * rng.uniform(0.2, 0.45)),
-        texture=bool(clutter_scale > 0 and rng.random() < 0.6),
-        texture_amp=float(clutter_scale * rng.uniform(0.15, 0.35)),
+        flicker_amp=float(clutter_scale * rng.uniform(0.25, 0.6)),
+        texture=bool(rng.random() < 0.6 and clutter_scale > 0),
+        texture_amp=float(clutter_scale * rng.uniform(0.2, 0.45)),
     )
 
 
@@ -107,7 +118,7 @@ def clip_scene(
     """
     k = min(sensor.width, sensor.height) / _REFERENCE_SIDE
     bg = style.bg_texture * (smooth_field(room, sensor, 6) + 0.5 * smooth_field(room, sensor, 20))
-    flicker_side = int(room.uniform(8.0, 16.0) * k)
+    flicker_side = int(room.uniform(10.0, 20.0) * k)
     flicker_box = _border_box(room, sensor, flicker_side, flicker_side)
     texture = _texture(room, sensor, style.texture_amp, k) if style.texture else None
     gesture = GESTURES[label]
@@ -120,17 +131,18 @@ def clip_scene(
         phase=float(rng.random()),
     )
     level = float(rng.uniform(-0.5, 0.5))
+    contrast = style.contrast * float(rng.uniform(0.9, 1.1))
+    # Drawn whether or not the subject has clutter, so that switching clutter off leaves every other
+    # random choice of the clip (noise included) as it was.
+    flicker_jitter = float(rng.uniform(0.95, 1.05))
+    flicker_phase, sway_phase = rng.uniform(0.0, 2.0 * np.pi, 2)
     flicker = None
     if style.flicker:
         flicker = Flicker(
-            box=flicker_box,
-            freq_hz=style.flicker_hz * float(rng.uniform(0.95, 1.05)),
-            amplitude=style.flicker_amp,
-            phase=float(rng.uniform(0.0, 2.0 * np.pi)),
+            flicker_box, style.flicker_hz * float(flicker_jitter), style.flicker_amp, float(flicker_phase)
         )
     if texture is not None:
-        texture = replace(texture, sway_phase=float(rng.uniform(0.0, 2.0 * np.pi)))
-    contrast = style.contrast * float(rng.uniform(0.9, 1.1))
+        texture = replace(texture, sway_phase=float(sway_phase))
     return GestureScene(
         sensor, motion, (level + bg).astype(np.float32), level + contrast, style.shading, flicker, texture
     )
@@ -138,4 +150,6 @@ def clip_scene(
 
 def clip_noise(style: SubjectStyle) -> NoiseParams:
     """Sensor noise of a subject's recordings."""
-    return NoiseParams(ba_rate_hz=style.ba_rate_hz, hot_pixels=style.hot_pixels, hot_rate_hz=style.hot_rate_hz)
+    return NoiseParams(
+        ba_rate_hz=style.ba_rate_hz, hot_pixels=style.hot_pixels, hot_rate_hz=style.hot_rate_hz
+    )

@@ -23,8 +23,22 @@ def parse(*argv: str) -> argparse.Namespace:
 @pytest.mark.parametrize("fmt", ["npz", "aedat4"])
 def test_synth_writes_readable_files_and_labels(tmp_path, fmt):
     args = parse(
-        "--out", str(tmp_path), "--count", "3", "--format", fmt, "--width", "48", "--height", "40",
-        "--duration-ms", "150", "--split", "test", "--seed", "2",
+        "--out",
+        str(tmp_path),
+        "--count",
+        "3",
+        "--format",
+        fmt,
+        "--width",
+        "48",
+        "--height",
+        "40",
+        "--duration-ms",
+        "150",
+        "--split",
+        "test",
+        "--seed",
+        "2",
     )
     assert cli.run(args) == 0
     with open(tmp_path / "labels.csv") as fh:

@@ -68,7 +68,11 @@ def test_every_class_generates_valid_sorted_events(label):
 
 def test_without_noise_and_clutter_only_the_gesture_remains():
     cfg = SyntheticConfig(
-        sensor=SensorSize(64, 64), duration_us=200_000, num_subjects_train=2, noise_scale=0.0, clutter_scale=0.0
+        sensor=SensorSize(64, 64),
+        duration_us=200_000,
+        num_subjects_train=2,
+        noise_scale=0.0,
+        clutter_scale=0.0,
     )
     for spec in sample_list(cfg, "train")[::7]:
         rec = generate_recording(spec, cfg)
@@ -88,6 +92,7 @@ def test_noise_scale_raises_background_activity():
 def test_dataset_items_and_bounded_cache():
     ds = SyntheticEventDataset(SMALL, "test", cache_size=2)
     assert len(ds) == len(sample_list(SMALL, "test"))
+    assert ds.classes == CLASSES and ds.sensor == SMALL.sensor
     for i in (0, 1, 2, 1):
         events, label = ds[i]
         assert label == ds.samples[i].label

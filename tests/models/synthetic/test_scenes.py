@@ -21,14 +21,16 @@ def test_rotate_cw_turns_clockwise_on_screen():
     np.testing.assert_allclose(hand[0, 0], [64.0, 44.0], atol=1e-9)
 
 
-@pytest.mark.parametrize(("a", "b"), [("rotate_cw", "rotate_ccw"), ("swipe_left", "swipe_right"), ("swipe_up", "swipe_down")])
+@pytest.mark.parametrize(
+    ("a", "b"), [("rotate_cw", "rotate_ccw"), ("swipe_left", "swipe_right"), ("swipe_up", "swipe_down")]
+)
 def test_direction_pairs_differ_only_in_time_or_mirror(a, b):
     # The clockwise rotation played backwards is the counter-clockwise one; a left swipe is a right
     # swipe mirrored about the middle of its path. Either way the two visit the same hand positions,
     # so no single frame names the direction.
     t = np.linspace(0.0, 2.0, 97)
-    ea, ha = limbs(motion(a), t)
-    eb, hb = limbs(motion(b), -t if a == "rotate_cw" else t)
+    _, ha = limbs(motion(a), t)
+    _, hb = limbs(motion(b), -t if a == "rotate_cw" else t)
     if a == "rotate_cw":
         np.testing.assert_allclose(ha, hb, atol=1e-9)
     else:
@@ -59,7 +61,7 @@ def test_capsule_depth_is_signed_distance_to_rim():
 
 def test_every_gesture_moves_and_stays_in_view():
     for g in GESTURES:
-        e, h = limbs(motion(g, size=28.0, period_s=0.8), np.linspace(0.0, 1.5, 301))
+        _, h = limbs(motion(g, size=28.0, period_s=0.8), np.linspace(0.0, 1.5, 301))
         assert np.ptp(h, axis=0).max() > 10.0, g  # the hands travel
         assert h.min() > 64 - 2 * 28 and h.max() < 64 + 2 * 28, g
 

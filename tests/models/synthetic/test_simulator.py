@@ -111,7 +111,9 @@ def test_off_ramp_uses_the_off_threshold():
 def test_several_events_in_one_render_step_get_interpolated_times():
     # 0.5 log units per 1 ms step: two or three crossings per step, 0.2 / 500 per s = 400 us apart.
     sensor = SensorSize(4, 4)
-    rec = simulate(Ramp(sensor, rate=500.0, t_end=0.004), 10_000, exact(0.2, 0.2), NO_NOISE, np.random.default_rng(2))
+    rec = simulate(
+        Ramp(sensor, rate=500.0, t_end=0.004), 10_000, exact(0.2, 0.2), NO_NOISE, np.random.default_rng(2)
+    )
     counts = per_pixel(rec.events, sensor)
     assert set(np.unique(counts)) <= {9, 10}  # 2.0 log units: (1.8, 2.2) / 0.2
     for pix in range(16):
@@ -124,7 +126,11 @@ def test_refractory_period_thins_fast_crossings():
     # Same 400 us spacing, refractory 1000 us: the pixel keeps every third crossing.
     sensor = SensorSize(4, 4)
     rec = simulate(
-        Ramp(sensor, rate=500.0, t_end=0.004), 10_000, exact(0.2, 0.2, 1000), NO_NOISE, np.random.default_rng(2)
+        Ramp(sensor, rate=500.0, t_end=0.004),
+        10_000,
+        exact(0.2, 0.2, 1000),
+        NO_NOISE,
+        np.random.default_rng(2),
     )
     counts = per_pixel(rec.events, sensor)
     assert set(np.unique(counts)) <= {3, 4}  # ceil(9 / 3), ceil(10 / 3)
@@ -168,14 +174,22 @@ def test_background_activity_rate_and_polarity():
     assert abs(rec.events.size - 8192) < 4 * 91
     assert rec.events["p"].mean() == pytest.approx(0.6, abs=0.03)
     assert np.all(rec.source == Source.BACKGROUND_ACTIVITY)
-    halves = np.bincount((rec.events["x"] >= 32).astype(int)), np.bincount((rec.events["t"] >= 500_000).astype(int))
+    halves = (
+        np.bincount((rec.events["x"] >= 32).astype(int)),
+        np.bincount((rec.events["t"] >= 500_000).astype(int)),
+    )
     for h in halves:
         assert abs(int(h[0]) - int(h[1])) < 4 * math.sqrt(8192)
 
 
 def test_hot_pixels_are_few_and_busy():
     sensor = SensorSize(32, 32)
-    rec = noise_events(sensor, 1_000_000, NoiseParams(ba_rate_hz=0.0, hot_pixels=3, hot_rate_hz=100.0), np.random.default_rng(6))
+    rec = noise_events(
+        sensor,
+        1_000_000,
+        NoiseParams(ba_rate_hz=0.0, hot_pixels=3, hot_rate_hz=100.0),
+        np.random.default_rng(6),
+    )
     pix = np.unique(rec.events["y"].astype(int) * 32 + rec.events["x"])
     assert pix.size == 3
     assert rec.events.size > 3 * 20  # each rate is log-normal around 100 Hz; 20 Hz is > 3 sd below
