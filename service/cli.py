@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-dir", help="a bundle, or a directory of bundles (default: models/bundled)")
     p.add_argument("--model", dest="default_model", help="name of the default model in --model-dir")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="where the models run (default auto)")
-    p.add_argument("--backend", choices=["torch", "onnx"], help="step runner backend (default torch)")
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"],
+                   help="step runner backend (default auto: ONNX Runtime when the bundle has its graph)")
     p.add_argument("--api-key", dest="api_keys", action="append", metavar="KEY",
                    help="accept this API key (repeatable); without any, no key is asked for")
     p.add_argument("--max-sessions", type=int, help="concurrent WebSocket sessions (default 64)")

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     model_dir: Path = BUNDLED_MODEL_DIR
     default_model: str | None = None  # None: "default" if present, else the first bundle by name
     device: Literal["cpu", "cuda", "auto"] = "auto"
-    backend: Literal["torch", "onnx"] = "torch"
+    backend: Literal["auto", "torch", "onnx"] = "auto"  # auto: onnx when installed and in the bundle
     max_batch: int = Field(64, ge=1, le=4096)  # steps per model call (one per session)
 
     # Security and limits

@@ -67,7 +67,9 @@ class ModelWorker:
         res = self.runner.step(sched.slots, frames)
         out, counts = _np(res.out), _np(res.counts)
         sops, energy = _np(res.sops), _np(res.energy_j)
-        return ModelOutput(out, counts, sops, energy, time.perf_counter() - t0)
+        evaluated = getattr(res, "evaluated", None)
+        evaluated = None if evaluated is None else _np(evaluated)
+        return ModelOutput(out, counts, sops, energy, time.perf_counter() - t0, evaluated)
 
 
 class Engine:

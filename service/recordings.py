@@ -76,6 +76,8 @@ def decode_recording(path: str, filename: str | None, declared: str | None = Non
                 f"({size // EVENT_BYTES} records + {size % EVENT_BYTES} stray bytes)",
             )
         return np.fromfile(path, dtype=EVENT_DTYPE), None
+    if fmt == "aedat4":
+        _check_aedat4_header(path, name)
     # The readers pick the decoder by suffix: give the temp file the detected one.
     suffix = "." + fmt
     if path.endswith(suffix):
@@ -87,6 +89,16 @@ def decode_recording(path: str, filename: str | None, declared: str | None = Non
         return _read(tmp, name)
     finally:
         os.unlink(tmp)
+
+
+def _check_aedat4_header(path: str, name: str) -> None:
+    """Refuse a file whose AEDAT4 header is cut short before dv-processing sees it: its error path
+    builds a C++ stack trace, which takes seconds (``#!AER-DAT4.0\\r\\n``, int32 size, ``IOHE``...)."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    size = int.from_bytes(head[14:18], "little", signed=True) if len(head) >= 18 else -1
+    if len(head) < 26 or head[22:26] != b"IOHE" or size <= 0 or os.path.getsize(path) < 18 + size:
+        raise RecordingError("bad_file", f"{name}: not a readable AEDAT4 file (header missing or cut short)")
 
 
 def _read(path: str, name: str) -> tuple[np.ndarray, SensorSize | None]:

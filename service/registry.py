@@ -11,6 +11,7 @@ so nothing outside the model directory is ever read.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any, Callable
 
 Loader = Callable[..., Any]
 
-from models.runtime.bundle import CARD_FILE
+from models.runtime.bundle import CARD_FILE, ONNX_FILES
 
 log = logging.getLogger("asasnn.registry")
 
@@ -42,6 +43,7 @@ class ModelEntry:
     path: Path
     runner: Any = None  # models.runtime.StepRunner once loaded
     error: str | None = None
+    backend: str = "torch"  # the backend it was loaded with
 
     @property
     def loaded(self) -> bool:
@@ -52,12 +54,12 @@ class ModelEntry:
 class ModelRegistry:
     model_dir: Path
     default_name: str | None = None
-    backend: str = "torch"
+    backend: str = "auto"
     device: str = "auto"
     entries: dict[str, ModelEntry] = field(default_factory=dict)
 
     @classmethod
-    def scan(cls, model_dir: Path, default: str | None = None, backend: str = "torch", device: str = "auto") -> ModelRegistry:
+    def scan(cls, model_dir: Path, default: str | None = None, backend: str = "auto", device: str = "auto") -> ModelRegistry:
         """Find the bundles (nothing is loaded yet). Raises :class:`NoModels` with a how-to-fix message."""
         root = Path(model_dir).expanduser()
         if not root.is_dir():
@@ -98,7 +100,8 @@ class ModelRegistry:
             if e.runner is not None:
                 continue
             try:
-                e.runner = loader(e.path, backend=self.backend, device=self.device)
+                e.backend = resolve_backend(self.backend, e.path)
+                e.runner = loader(e.path, backend=e.backend, device=self.device)
             except Exception as exc:
                 e.error = f"{type(exc).__name__}: {exc}"
                 log.error("model %s: cannot load %s: %s", e.name, e.path, e.error)
@@ -117,6 +120,15 @@ class ModelRegistry:
 
 def is_bundle(d: Path) -> bool:
     return (d / CARD_FILE).is_file()
+
+
+def resolve_backend(backend: str, path: Path) -> str:
+    """``auto``: ONNX Runtime when it is installed and the bundle has its graph (faster on a CPU,
+    DESIGN 5), else PyTorch."""
+    if backend != "auto":
+        return backend
+    has_ort = importlib.util.find_spec("onnxruntime") is not None
+    return "onnx" if has_ort and any((path / f).is_file() for f in ONNX_FILES.values()) else "torch"
 
 
 def _safe_name(name: str) -> str:

@@ -66,6 +66,7 @@ class ModelOutput:
     sops: np.ndarray  # [n]
     energy_j: np.ndarray  # [n]
     step_s: float  # seconds the model call took
+    evaluated: np.ndarray | None = None  # [n] bool: fresh output (window models: every hop steps)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class StepOutput:
     energy_j: float
     step_s: float
     batch_size: int
+    evaluated: bool = True
 
 
 @dataclass
@@ -191,7 +193,7 @@ class Scheduler:
             results.append(
                 StepOutput(
                     req, output.out[i], output.counts[i], float(output.sops[i]), float(output.energy_j[i]),
-                    output.step_s, n,
+                    output.step_s, n, True if output.evaluated is None else bool(output.evaluated[i]),
                 )
             )
         return results

@@ -90,6 +90,7 @@ class ModelSummary(BaseModel):
     backend: str
     device: str
     streaming: bool
+    hop: int = 1  # window models: a fresh prediction every `hop` steps
 
 
 class ModelCardPublic(ModelSummary):

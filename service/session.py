@@ -28,9 +28,9 @@ import numpy as np
 
 from models.events.binner import BinnerConfig, FrameBinner
 from models.events.types import EventError, validate_events
+from models.runtime.readout import Readout
 from service.engine import Engine, ModelWorker
 from service.protocol import ProtocolError
-from service.readout import make_readout
 from service.scheduler import StepOutput, StepRequest
 from service.schemas import OutputOptions, ReadoutOptions
 from service.telemetry import Metrics
@@ -83,7 +83,10 @@ class Session:
 
     def _new_epoch(self) -> None:
         self.binner = FrameBinner(self.cfg.binner, self.cfg.t_start_us)
-        self.readout = make_readout(self.cfg.readout, self.worker.runner)
+        ro = self.cfg.readout
+        self.readout = Readout(
+            len(self.classes), ro.mode, ro.horizon or int(self.worker.runner.card.timesteps), ro.alpha or 0.1
+        )
         self.next_index = 0
         self.steps = 0
         self.events = 0
@@ -150,6 +153,8 @@ class Session:
                 f"packet of {n} events dropped: {sched.queue_len(self.id)} timesteps are already waiting "
                 f"(limit {lim.max_queue_steps}); send slower or at real-time speed",
             )
+        if self._drained.is_set():
+            self._warned_backpressure = False  # caught up: the next overload is a new episode
         self.metrics.events_received.labels(self.model).inc(n)
         self.metrics.packets_received.labels(self.model).inc()
         if self.first_t is None:
@@ -257,8 +262,6 @@ class Session:
                     pass
         finally:
             self.metrics.backpressure_wait.labels(self.model).inc(time.perf_counter() - t0)
-        if sched.queue_len(self.id) < lim.max_queue_steps // 2:
-            self._warned_backpressure = False
 
     def _check_alive(self, since: float) -> None:
         if self.failed is not None:
@@ -313,7 +316,8 @@ class Session:
         self._drained.set()
 
     def on_step(self, r: StepOutput) -> None:
-        probs = self.readout.update(r.out)
+        # window models: a row is fresh only when the window was evaluated; else keep the last prediction
+        probs = (self.readout.update(r.out) if r.evaluated else self.readout.prediction()).probs
         self.probabilities = probs
         self.steps += 1
         self.counts += r.counts
@@ -346,7 +350,7 @@ class Session:
             msg["layer_rates"] = dict(zip(self.worker.layers, rates.tolist()))
         msg.update({
             "nasfr": float(r.counts.sum() / sum(self.worker.neurons)), "spikes": int(r.counts.sum()),
-            "sops": r.sops, "energy_j": r.energy_j, "batch_size": r.batch_size,
+            "sops": r.sops, "energy_j": r.energy_j, "evaluated": r.evaluated, "batch_size": r.batch_size,
             "latency_ms": {"step": r.step_s * 1e3, "total": (now - req.ready_at) * 1e3},
         })
         self.emit(msg, req.ready_at)

@@ -56,10 +56,9 @@ class ServiceState:
             if e.runner is None:
                 continue
             r = e.runner
-            cap = int(getattr(r, "capacity", None) or self.settings.max_batch)
-            self.engine.add_worker(ModelWorker(e.name, r, Scheduler(min(self.settings.max_batch, cap))))
+            self.engine.add_worker(ModelWorker(e.name, r, Scheduler(self.settings.max_batch)))
             self.metrics.register_model(
-                e.name, str(r.card.version), self.settings.backend, str(getattr(r, "device", self.settings.device)),
+                e.name, str(r.card.version), e.backend, runner_device(r),
                 tuple(r.layer_names), tuple(int(n) for n in r.energy.neurons),
             )
         default = self.registry.get(None)
@@ -88,8 +87,8 @@ class ServiceState:
             name=entry.name, version=str(card.version), default=entry.name == self.registry.default_name,
             classes=list(card.classes), sensor=SensorSpec(width=card.sensor.width, height=card.sensor.height),
             ds=int(card.ds), dt_us=int(card.dt_us), mode=str(card.mode), timesteps=int(card.timesteps),
-            frame_shape=[int(x) for x in r.frame_shape], layers=list(r.layer_names), backend=self.settings.backend,
-            device=str(getattr(r, "device", self.settings.device)), streaming=str(card.mode) == "step",
+            frame_shape=[int(x) for x in r.frame_shape], layers=list(r.layer_names), backend=entry.backend,
+            device=runner_device(r), streaming=True, hop=int(getattr(r, "hop", 1)),
         )
 
     def session_config(
@@ -136,6 +135,14 @@ class ServiceState:
             rate_burst_s=s.rate_burst_s, stall_timeout_s=s.idle_timeout_s,
         )
         return SessionConfig(bcfg, t_start_us, readout or default_readout(card), output, limits)
+
+
+def runner_device(r: Any) -> str:
+    """Where a runner computes: ``cpu`` / ``cuda`` (torch device, or ONNX Runtime's first provider)."""
+    if getattr(r, "on_cuda", False):
+        return "cuda"
+    dev = getattr(r, "device", None) or getattr(getattr(r, "evaluator", None), "device", None)
+    return str(getattr(dev, "type", dev or "cpu"))
 
 
 def binner_mode(card: Any) -> str:

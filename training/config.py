@@ -69,6 +69,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch CPU threads per process; None: torch's default
     amp: bool = True  # mixed precision, used only on CUDA
     sync_bn: bool = False  # SyncBatchNorm under torchrun (CUDA only)
 

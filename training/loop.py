@@ -168,6 +168,8 @@ class Trainer:
         progress: bool = True,
     ) -> None:
         self.cfg, self.command = cfg, command or cfg.to_command()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         self.dist, self.device = D.init_distributed(cfg.device)
         self.main = self.dist.is_main
         self.progress = progress and self.main
@@ -347,7 +349,7 @@ class Trainer:
             row["seconds"] = round(time.perf_counter() - t0, 3)
             self._log(row)
             self._save(improved)
-            if self.progress:
+            if self.main:
                 shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
                 print(shown, flush=True)
         return row

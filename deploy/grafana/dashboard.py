@@ -40,8 +40,15 @@ def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False) -
     return t
 
 
-def panel(kind: str, title: str, targets: list[dict[str, Any]], grid: tuple[int, int, int, int], unit: str = "short",
-          description: str = "", **options: Any) -> dict[str, Any]:
+def panel(
+    kind: str,
+    title: str,
+    targets: list[dict[str, Any]],
+    grid: tuple[int, int, int, int],
+    unit: str = "short",
+    description: str = "",
+    **options: Any,
+) -> dict[str, Any]:
     x, y, w, h = grid
     for ref, t in zip("ABCDEFGH", targets):
         t["refId"] = ref
@@ -57,15 +64,30 @@ def panel(kind: str, title: str, targets: list[dict[str, Any]], grid: tuple[int,
         "options": options or {},
     }
     if kind == "timeseries":
-        p["fieldConfig"]["defaults"]["custom"] = {"lineWidth": 1, "fillOpacity": 10, "showPoints": "never"}
-        p["options"] = {"legend": {"displayMode": "list", "placement": "bottom"}, "tooltip": {"mode": "multi"},
-                        **(options or {})}
+        stacking = (options or {}).pop("stacking", {"mode": "none"})
+        p["fieldConfig"]["defaults"]["custom"] = {
+            "lineWidth": 1,
+            "fillOpacity": 10,
+            "showPoints": "never",
+            "stacking": stacking,
+        }
+        p["options"] = {
+            "legend": {"displayMode": "list", "placement": "bottom"},
+            "tooltip": {"mode": "multi"},
+            **(options or {}),
+        }
     return p
 
 
 def row(title: str, y: int, repeat: str | None = None) -> dict[str, Any]:
-    r: dict[str, Any] = {"id": _id(), "type": "row", "title": title, "collapsed": False,
-                         "gridPos": {"x": 0, "y": y, "w": 24, "h": 1}, "panels": []}
+    r: dict[str, Any] = {
+        "id": _id(),
+        "type": "row",
+        "title": title,
+        "collapsed": False,
+        "gridPos": {"x": 0, "y": y, "w": 24, "h": 1},
+        "panels": [],
+    }
     if repeat:
         r["repeat"] = repeat
     return r
@@ -73,7 +95,10 @@ def row(title: str, y: int, repeat: str | None = None) -> dict[str, Any]:
 
 def quantiles(metric: str, by: str = "model", sel: str = SEL) -> list[dict[str, Any]]:
     return [
-        target(f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{sel}}}[{RI}])))", f"p{int(q * 100)} {{{{{by}}}}}")
+        target(
+            f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{sel}}}[{RI}])))",
+            f"p{int(q * 100)} {{{{{by}}}}}",
+        )
         for q in (0.5, 0.95, 0.99)
     ]
 
@@ -81,8 +106,12 @@ def quantiles(metric: str, by: str = "model", sel: str = SEL) -> list[dict[str, 
 def ab(expr: str, legend: str) -> list[dict[str, Any]]:
     """The same query for model A and model B (``@SEL`` in ``expr`` becomes each side's selector)."""
     return [
-        target(expr.replace("@SEL", 'model="$model_a", instance=~"$instance"'), f"A: $model_a {legend}".strip()),
-        target(expr.replace("@SEL", 'model="$model_b", instance=~"$instance"'), f"B: $model_b {legend}".strip()),
+        target(
+            expr.replace("@SEL", 'model="$model_a", instance=~"$instance"'), f"A: $model_a {legend}".strip()
+        ),
+        target(
+            expr.replace("@SEL", 'model="$model_b", instance=~"$instance"'), f"B: $model_b {legend}".strip()
+        ),
     ]
 
 
@@ -109,126 +138,384 @@ def build() -> dict[str, Any]:
     y = 0
 
     # ---- overview: one number each ----------------------------------------------------------------
-    P.append(row("Overview", y)); y += 1
+    P.append(row("Overview", y))
+    y += 1
     stats = [
         ("Active streams", f"sum(asasnn_active_sessions{{{SEL}}})", "short"),
         ("Events in /s", f"sum(rate(asasnn_events_received_total{{{SEL}}}[{RI}]))", "short"),
         ("Timesteps /s", f"sum(rate(asasnn_steps_total{{{SEL}}}[{RI}]))", "short"),
-        ("p99 step latency", f"histogram_quantile(0.99, sum by (le) (rate(asasnn_step_latency_seconds_bucket{{{SEL}}}[{RI}])))", "s"),
+        (
+            "p99 step latency",
+            f"histogram_quantile(0.99, sum by (le) (rate(asasnn_step_latency_seconds_bucket{{{SEL}}}[{RI}])))",
+            "s",
+        ),
         ("Network spike rate", f"avg(asasnn_network_spike_rate{{{SEL}}})", "percentunit"),
         ("Energy proxy", f"sum(rate(asasnn_energy_proxy_joules_total{{{SEL}}}[{RI}]))", "watt"),
     ]
     for i, (title, expr, unit) in enumerate(stats):
-        P.append(panel("stat", title, [target(expr)], (4 * i, y, 4, 4), unit,
-                       reduceOptions={"calcs": ["lastNotNull"], "fields": "", "values": False},
-                       colorMode="value", graphMode="area"))
+        P.append(
+            panel(
+                "stat",
+                title,
+                [target(expr)],
+                (4 * i, y, 4, 4),
+                unit,
+                reduceOptions={"calcs": ["lastNotNull"], "fields": "", "values": False},
+                colorMode="value",
+                graphMode="area",
+            )
+        )
     y += 4
 
     # ---- traffic --------------------------------------------------------------------------------
-    P.append(row("Streams and events", y)); y += 1
-    P.append(panel("timeseries", "Active streams", [
-        target(f"sum by (model) (asasnn_active_sessions{{{SEL}}})", "{{model}}"),
-    ], (0, y, 8, 8), "short", "Sessions holding a state slot (WebSocket streams and REST recordings)."))
-    P.append(panel("timeseries", "Events in and rejected /s", [
-        target(f"sum by (model) (rate(asasnn_events_received_total{{{SEL}}}[{RI}]))", "in {{model}}"),
-        target(f"sum by (model, reason) (rate(asasnn_events_rejected_total{{{SEL}}}[{RI}]))", "rejected {{model}} {{reason}}"),
-        target(f"sum by (model, reason) (rate(asasnn_events_dropped_total{{{SEL}}}[{RI}]))", "dropped {{model}} {{reason}}"),
-    ], (8, y, 8, 8), "short"))
-    P.append(panel("timeseries", "Sessions started and refused /s", [
-        target(f"sum by (model) (rate(asasnn_sessions_started_total{{{SEL}}}[{RI}]))", "started {{model}}"),
-        target(f'sum by (reason) (rate(asasnn_sessions_rejected_total{{instance=~"$instance"}}[{RI}]))', "refused {{reason}}"),
-    ], (16, y, 8, 8), "short"))
+    P.append(row("Streams and events", y))
+    y += 1
+    P.append(
+        panel(
+            "timeseries",
+            "Active streams",
+            [
+                target(f"sum by (model) (asasnn_active_sessions{{{SEL}}})", "{{model}}"),
+            ],
+            (0, y, 8, 8),
+            "short",
+            "Sessions holding a state slot (WebSocket streams and REST recordings).",
+        )
+    )
+    P.append(
+        panel(
+            "timeseries",
+            "Events in and rejected /s",
+            [
+                target(f"sum by (model) (rate(asasnn_events_received_total{{{SEL}}}[{RI}]))", "in {{model}}"),
+                target(
+                    f"sum by (model, reason) (rate(asasnn_events_rejected_total{{{SEL}}}[{RI}]))",
+                    "rejected {{model}} {{reason}}",
+                ),
+                target(
+                    f"sum by (model, reason) (rate(asasnn_events_dropped_total{{{SEL}}}[{RI}]))",
+                    "dropped {{model}} {{reason}}",
+                ),
+            ],
+            (8, y, 8, 8),
+            "short",
+        )
+    )
+    P.append(
+        panel(
+            "timeseries",
+            "Sessions started and refused /s",
+            [
+                target(
+                    f"sum by (model) (rate(asasnn_sessions_started_total{{{SEL}}}[{RI}]))",
+                    "started {{model}}",
+                ),
+                target(
+                    f'sum by (reason) (rate(asasnn_sessions_rejected_total{{instance=~"$instance"}}[{RI}]))',
+                    "refused {{reason}}",
+                ),
+            ],
+            (16, y, 8, 8),
+            "short",
+        )
+    )
     y += 8
-    P.append(panel("timeseries", "Timesteps /s", [
-        target(f"sum by (model) (rate(asasnn_steps_total{{{SEL}}}[{RI}]))", "{{model}}"),
-        target(f"sum by (model) (rate(asasnn_skipped_steps_total{{{SEL}}}[{RI}]))", "skipped (gap cap) {{model}}"),
-    ], (0, y, 8, 8), "short"))
-    P.append(panel("timeseries", "Batch size (streams per model call)", [
-        *quantiles("asasnn_batch_size")[::2],
-        target(f"sum by (model) (rate(asasnn_batch_size_sum{{{SEL}}}[{RI}])) / sum by (model) (rate(asasnn_batch_size_count{{{SEL}}}[{RI}]))",
-               "mean {{model}}"),
-    ], (8, y, 8, 8), "short"))
-    P.append(panel("timeseries", "Queue depth and backpressure", [
-        target(f"sum by (model) (asasnn_queue_depth{{{SEL}}})", "queued steps {{model}}"),
-        target(f"sum by (model, action) (rate(asasnn_backpressure_total{{{SEL}}}[{RI}]))", "backpressure/s {{model}} {{action}}"),
-    ], (16, y, 8, 8), "short"))
+    P.append(
+        panel(
+            "timeseries",
+            "Timesteps /s",
+            [
+                target(f"sum by (model) (rate(asasnn_steps_total{{{SEL}}}[{RI}]))", "{{model}}"),
+                target(
+                    f"sum by (model) (rate(asasnn_skipped_steps_total{{{SEL}}}[{RI}]))",
+                    "skipped (gap cap) {{model}}",
+                ),
+            ],
+            (0, y, 8, 8),
+            "short",
+        )
+    )
+    P.append(
+        panel(
+            "timeseries",
+            "Batch size (streams per model call)",
+            [
+                *quantiles("asasnn_batch_size")[::2],
+                target(
+                    f"sum by (model) (rate(asasnn_batch_size_sum{{{SEL}}}[{RI}])) / sum by (model) (rate(asasnn_batch_size_count{{{SEL}}}[{RI}]))",
+                    "mean {{model}}",
+                ),
+            ],
+            (8, y, 8, 8),
+            "short",
+        )
+    )
+    P.append(
+        panel(
+            "timeseries",
+            "Queue depth and backpressure",
+            [
+                target(f"sum by (model) (asasnn_queue_depth{{{SEL}}})", "queued steps {{model}}"),
+                target(
+                    f"sum by (model, action) (rate(asasnn_backpressure_total{{{SEL}}}[{RI}]))",
+                    "backpressure/s {{model}} {{action}}",
+                ),
+            ],
+            (16, y, 8, 8),
+            "short",
+        )
+    )
     y += 8
 
     # ---- latency --------------------------------------------------------------------------------
-    P.append(row("Latency", y)); y += 1
-    P.append(panel("timeseries", "Step latency (one batched model call)", quantiles("asasnn_step_latency_seconds"),
-                   (0, y, 12, 8), "s", "Must stay below the timestep (15 ms for the bundled model) to keep up with real time."))
-    P.append(panel("timeseries", "End-to-end latency (timestep complete -> prediction sent)", quantiles("asasnn_e2e_latency_seconds"),
-                   (12, y, 12, 8), "s"))
+    P.append(row("Latency", y))
+    y += 1
+    P.append(
+        panel(
+            "timeseries",
+            "Step latency (one batched model call)",
+            quantiles("asasnn_step_latency_seconds"),
+            (0, y, 12, 8),
+            "s",
+            "Must stay below the timestep (15 ms for the bundled model) to keep up with real time.",
+        )
+    )
+    P.append(
+        panel(
+            "timeseries",
+            "End-to-end latency (timestep complete -> prediction sent)",
+            quantiles("asasnn_e2e_latency_seconds"),
+            (12, y, 12, 8),
+            "s",
+        )
+    )
     y += 8
 
     # ---- spiking activity ----------------------------------------------------------------------------
-    P.append(row("Spiking activity", y)); y += 1
-    P.append(panel("timeseries", "Spike rate per layer", [
-        target(f"avg by (model, layer) (asasnn_layer_spike_rate{{{SEL}}})", "{{model}} {{layer}}"),
-    ], (0, y, 8, 9), "percentunit", "Spikes per neuron per timestep, EMA over ~100 steps."))
-    P.append(panel("timeseries", "Network spike rate (NASFR)", [
-        target(f"avg by (model) (asasnn_network_spike_rate{{{SEL}}})", "{{model}}"),
-    ], (8, y, 8, 9), "percentunit", "Network average spike firing rate: neurons weighted by layer size."))
-    P.append(panel("timeseries", "Spikes /s per layer", [
-        target(f"sum by (model, layer) (rate(asasnn_spikes_total{{{SEL}}}[{RI}]))", "{{model}} {{layer}}"),
-    ], (16, y, 8, 9), "short"))
+    P.append(row("Spiking activity", y))
+    y += 1
+    P.append(
+        panel(
+            "timeseries",
+            "Spike rate per layer",
+            [
+                target(f"avg by (model, layer) (asasnn_layer_spike_rate{{{SEL}}})", "{{model}} {{layer}}"),
+            ],
+            (0, y, 8, 9),
+            "percentunit",
+            "Spikes per neuron per timestep, EMA over ~100 steps.",
+        )
+    )
+    P.append(
+        panel(
+            "timeseries",
+            "Network spike rate (NASFR)",
+            [
+                target(f"avg by (model) (asasnn_network_spike_rate{{{SEL}}})", "{{model}}"),
+            ],
+            (8, y, 8, 9),
+            "percentunit",
+            "Network average spike firing rate: neurons weighted by layer size.",
+        )
+    )
+    P.append(
+        panel(
+            "timeseries",
+            "Spikes /s per layer",
+            [
+                target(
+                    f"sum by (model, layer) (rate(asasnn_spikes_total{{{SEL}}}[{RI}]))", "{{model}} {{layer}}"
+                ),
+            ],
+            (16, y, 8, 9),
+            "short",
+        )
+    )
     y += 9
 
     # ---- energy ----------------------------------------------------------------------------------
-    P.append(row("Synaptic operations and energy proxy", y)); y += 1
-    P.append(panel("timeseries", "Synaptic operations /s", [
-        target(f"sum by (model) (rate(asasnn_synaptic_ops_total{{{SEL}}}[{RI}]))", "{{model}}"),
-    ], (0, y, 8, 8), "ops", "SOPs = input spikes x fan-out, summed over the spiking layers."))
-    P.append(panel("timeseries", "Energy proxy (W)", [
-        target(f"sum by (model) (rate(asasnn_energy_proxy_joules_total{{{SEL}}}[{RI}]))", "{{model}}"),
-    ], (8, y, 8, 8), "watt", "E = 4.6 pJ x MACs(first layer) + 0.9 pJ x SOPs per second (45 nm convention)."))
-    P.append(panel("timeseries", "Energy proxy per timestep", [
-        target(f"sum by (model) (rate(asasnn_energy_proxy_joules_total{{{SEL}}}[{RI}])) / sum by (model) (rate(asasnn_steps_total{{{SEL}}}[{RI}]))",
-               "{{model}}"),
-    ], (16, y, 8, 8), "joule"))
+    P.append(row("Synaptic operations and energy proxy", y))
+    y += 1
+    P.append(
+        panel(
+            "timeseries",
+            "Synaptic operations /s",
+            [
+                target(f"sum by (model) (rate(asasnn_synaptic_ops_total{{{SEL}}}[{RI}]))", "{{model}}"),
+            ],
+            (0, y, 8, 8),
+            "ops",
+            "SOPs = input spikes x fan-out, summed over the spiking layers.",
+        )
+    )
+    P.append(
+        panel(
+            "timeseries",
+            "Energy proxy (W)",
+            [
+                target(
+                    f"sum by (model) (rate(asasnn_energy_proxy_joules_total{{{SEL}}}[{RI}]))", "{{model}}"
+                ),
+            ],
+            (8, y, 8, 8),
+            "watt",
+            "E = 4.6 pJ x MACs(first layer) + 0.9 pJ x SOPs per second (45 nm convention).",
+        )
+    )
+    P.append(
+        panel(
+            "timeseries",
+            "Energy proxy per timestep",
+            [
+                target(
+                    f"sum by (model) (rate(asasnn_energy_proxy_joules_total{{{SEL}}}[{RI}])) / sum by (model) (rate(asasnn_steps_total{{{SEL}}}[{RI}]))",
+                    "{{model}}",
+                ),
+            ],
+            (16, y, 8, 8),
+            "joule",
+        )
+    )
     y += 8
 
     # ---- predictions -------------------------------------------------------------------------------
-    P.append(row("Predictions", y)); y += 1
-    P.append(panel("timeseries", "Streamed predictions by label /s", [
-        target(f"sum by (model, label) (rate(asasnn_predictions_total{{{SEL}}}[{RI}]))", "{{model}} {{label}}"),
-    ], (0, y, 12, 8), "short", stacking={"mode": "normal"}))
-    P.append(panel("timeseries", "REST classifications by label /s", [
-        target(f"sum by (model, label) (rate(asasnn_classifications_total{{{SEL}}}[{RI}]))", "{{model}} {{label}}"),
-    ], (12, y, 6, 8), "short"))
-    P.append(panel("table", "Served models", [
-        target(f"max by (model, version, backend, device) (asasnn_model_info{{{SEL}}})", instant=True),
-    ], (18, y, 6, 8), "short"))
+    P.append(row("Predictions", y))
+    y += 1
+    P.append(
+        panel(
+            "timeseries",
+            "Streamed predictions by label /s",
+            [
+                target(
+                    f"sum by (model, label) (rate(asasnn_predictions_total{{{SEL}}}[{RI}]))",
+                    "{{model}} {{label}}",
+                ),
+            ],
+            (0, y, 12, 8),
+            "short",
+            stacking={"mode": "normal"},
+        )
+    )
+    P.append(
+        panel(
+            "timeseries",
+            "REST classifications by label /s",
+            [
+                target(
+                    f"sum by (model, label) (rate(asasnn_classifications_total{{{SEL}}}[{RI}]))",
+                    "{{model}} {{label}}",
+                ),
+            ],
+            (12, y, 6, 8),
+            "short",
+        )
+    )
+    P.append(
+        panel(
+            "table",
+            "Served models",
+            [
+                target(
+                    f"max by (model, version, backend, device) (asasnn_model_info{{{SEL}}})", instant=True
+                ),
+            ],
+            (18, y, 6, 8),
+            "short",
+        )
+    )
     y += 8
 
     # ---- A/B ------------------------------------------------------------------------------------
-    P.append(row("Side by side: $model_a (A) vs $model_b (B)", y)); y += 1
-    P.append(panel("stat", "Spike-rate reduction B vs A", [
-        target('1 - avg(asasnn_network_spike_rate{model="$model_b", instance=~"$instance"}) '
-               '/ avg(asasnn_network_spike_rate{model="$model_a", instance=~"$instance"})'),
-    ], (0, y, 4, 8), "percentunit", "The paper reports about -78 % NASFR for ASA against vanilla (DVS128 Gesture).",
-        reduceOptions={"calcs": ["lastNotNull"], "fields": "", "values": False}))
-    P.append(panel("stat", "Energy per timestep B / A", [
-        target('(sum(rate(asasnn_energy_proxy_joules_total{model="$model_b", instance=~"$instance"}[$__rate_interval])) '
-               '/ sum(rate(asasnn_steps_total{model="$model_b", instance=~"$instance"}[$__rate_interval]))) '
-               '/ (sum(rate(asasnn_energy_proxy_joules_total{model="$model_a", instance=~"$instance"}[$__rate_interval])) '
-               '/ sum(rate(asasnn_steps_total{model="$model_a", instance=~"$instance"}[$__rate_interval])))'),
-    ], (0, y + 8, 4, 8), "percentunit", reduceOptions={"calcs": ["lastNotNull"], "fields": "", "values": False}))
-    P.append(panel("timeseries", "Network spike rate A vs B", ab("avg(asasnn_network_spike_rate{@SEL})", ""),
-                   (4, y, 10, 8), "percentunit"))
-    P.append(panel("timeseries", "Spike rate per layer A vs B",
-                   ab("avg by (layer) (asasnn_layer_spike_rate{@SEL})", "{{layer}}"), (14, y, 10, 8), "percentunit"))
+    P.append(row("Side by side: $model_a (A) vs $model_b (B)", y))
+    y += 1
+    P.append(
+        panel(
+            "stat",
+            "Spike-rate reduction B vs A",
+            [
+                target(
+                    '1 - avg(asasnn_network_spike_rate{model="$model_b", instance=~"$instance"}) '
+                    '/ avg(asasnn_network_spike_rate{model="$model_a", instance=~"$instance"})'
+                ),
+            ],
+            (0, y, 4, 8),
+            "percentunit",
+            "The paper reports about -78 % NASFR for ASA against vanilla (DVS128 Gesture).",
+            reduceOptions={"calcs": ["lastNotNull"], "fields": "", "values": False},
+        )
+    )
+    P.append(
+        panel(
+            "stat",
+            "Energy per timestep B / A",
+            [
+                target(
+                    '(sum(rate(asasnn_energy_proxy_joules_total{model="$model_b", instance=~"$instance"}[$__rate_interval])) '
+                    '/ sum(rate(asasnn_steps_total{model="$model_b", instance=~"$instance"}[$__rate_interval]))) '
+                    '/ (sum(rate(asasnn_energy_proxy_joules_total{model="$model_a", instance=~"$instance"}[$__rate_interval])) '
+                    '/ sum(rate(asasnn_steps_total{model="$model_a", instance=~"$instance"}[$__rate_interval])))'
+                ),
+            ],
+            (0, y + 8, 4, 8),
+            "percentunit",
+            reduceOptions={"calcs": ["lastNotNull"], "fields": "", "values": False},
+        )
+    )
+    P.append(
+        panel(
+            "timeseries",
+            "Network spike rate A vs B",
+            ab("avg(asasnn_network_spike_rate{@SEL})", ""),
+            (4, y, 10, 8),
+            "percentunit",
+        )
+    )
+    P.append(
+        panel(
+            "timeseries",
+            "Spike rate per layer A vs B",
+            ab("avg by (layer) (asasnn_layer_spike_rate{@SEL})", "{{layer}}"),
+            (14, y, 10, 8),
+            "percentunit",
+        )
+    )
     y += 8
-    P.append(panel("timeseries", "Energy proxy per timestep A vs B",
-                   ab(f"sum(rate(asasnn_energy_proxy_joules_total{{@SEL}}[{RI}])) / sum(rate(asasnn_steps_total{{@SEL}}[{RI}]))", ""),
-                   (4, y, 7, 8), "joule"))
-    P.append(panel("timeseries", "SOPs per timestep A vs B",
-                   ab(f"sum(rate(asasnn_synaptic_ops_total{{@SEL}}[{RI}])) / sum(rate(asasnn_steps_total{{@SEL}}[{RI}]))", ""),
-                   (11, y, 7, 8), "short"))
-    P.append(panel("timeseries", "p99 step latency A vs B",
-                   ab(f"histogram_quantile(0.99, sum by (le) (rate(asasnn_step_latency_seconds_bucket{{@SEL}}[{RI}])))", ""),
-                   (18, y, 6, 8), "s"))
+    P.append(
+        panel(
+            "timeseries",
+            "Energy proxy per timestep A vs B",
+            ab(
+                f"sum(rate(asasnn_energy_proxy_joules_total{{@SEL}}[{RI}])) / sum(rate(asasnn_steps_total{{@SEL}}[{RI}]))",
+                "",
+            ),
+            (4, y, 7, 8),
+            "joule",
+        )
+    )
+    P.append(
+        panel(
+            "timeseries",
+            "SOPs per timestep A vs B",
+            ab(
+                f"sum(rate(asasnn_synaptic_ops_total{{@SEL}}[{RI}])) / sum(rate(asasnn_steps_total{{@SEL}}[{RI}]))",
+                "",
+            ),
+            (11, y, 7, 8),
+            "short",
+        )
+    )
+    P.append(
+        panel(
+            "timeseries",
+            "p99 step latency A vs B",
+            ab(
+                f"histogram_quantile(0.99, sum by (le) (rate(asasnn_step_latency_seconds_bucket{{@SEL}}[{RI}])))",
+                "",
+            ),
+            (18, y, 6, 8),
+            "s",
+        )
+    )
     y += 8
 
     return {
@@ -245,17 +532,38 @@ def build() -> dict[str, Any]:
         "version": 1,
         "annotations": {"list": []},
         "links": [],
-        "templating": {"list": [
-            {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
-             "current": {"text": "Prometheus", "value": "prometheus"}, "hide": 0},
-            model_var("model", "Model", multi=True),
-            {"name": "instance", "label": "Replica", "type": "query", "datasource": DS,
-             "query": {"query": "label_values(asasnn_model_info, instance)", "refId": "instance-query"},
-             "definition": "label_values(asasnn_model_info, instance)", "refresh": 2, "sort": 1,
-             "multi": True, "includeAll": True, "allValue": ".*", "current": {"text": "All", "value": "$__all"}},
-            model_var("model_a", "Model A", multi=False),
-            model_var("model_b", "Model B", multi=False),
-        ]},
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "label": "Data source",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {"text": "Prometheus", "value": "prometheus"},
+                    "hide": 0,
+                },
+                model_var("model", "Model", multi=True),
+                {
+                    "name": "instance",
+                    "label": "Replica",
+                    "type": "query",
+                    "datasource": DS,
+                    "query": {
+                        "query": "label_values(asasnn_model_info, instance)",
+                        "refId": "instance-query",
+                    },
+                    "definition": "label_values(asasnn_model_info, instance)",
+                    "refresh": 2,
+                    "sort": 1,
+                    "multi": True,
+                    "includeAll": True,
+                    "allValue": ".*",
+                    "current": {"text": "All", "value": "$__all"},
+                },
+                model_var("model_a", "Model A", multi=False),
+                model_var("model_b", "Model B", multi=False),
+            ]
+        },
         "panels": P,
     }
 
@@ -266,7 +574,9 @@ def render() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 if the committed JSON differs from this script's output")
+    ap.add_argument(
+        "--check", action="store_true", help="exit 1 if the committed JSON differs from this script's output"
+    )
     args = ap.parse_args(argv)
     text = render()
     if args.check:

@@ -1,7 +1,7 @@
 """Write base/prometheusrule.yaml from deploy/prometheus/alerts.yml (one source for the alert rules).
 
-    python deploy/k8s/sync_rules.py           # rewrite
-    python deploy/k8s/sync_rules.py --check   # exit 1 if stale (tests/deploy runs the same comparison)
+python deploy/k8s/sync_rules.py           # rewrite
+python deploy/k8s/sync_rules.py --check   # exit 1 if stale (tests/deploy runs the same comparison)
 """
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ def render() -> str:
     doc = {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        "metadata": {"name": "asasnn", "labels": {"app.kubernetes.io/name": "asasnn", "release": "prometheus"}},
+        "metadata": {
+            "name": "asasnn",
+            "labels": {"app.kubernetes.io/name": "asasnn", "release": "prometheus"},
+        },
         "spec": {"groups": groups},
     }
     return HEADER + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=200)

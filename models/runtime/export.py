@@ -171,12 +171,12 @@ def export_onnx(net: SpikingNet, mode: Mode, with_spikes: bool = False, fold: bo
     spike_names = [f"{n}.spikes" for n in model.layer_names] if with_spikes else []
     batch = Dim("batch", min=1)
     if mode == "step":
-        graph: nn.Module = StepGraph(model, with_spikes)
+        graph: nn.Module = StepGraph(model, with_spikes).eval()
         state = tuple(model.init_state(2))
         args: tuple[Any, ...] = (torch.rand(2, cfg.in_channels, *cfg.input_size), state)
         dyn: tuple[Any, ...] = ({0: batch}, tuple({0: batch} for _ in state))
     else:
-        graph = WindowGraph(model, with_spikes)
+        graph = WindowGraph(model, with_spikes).eval()
         args = (torch.rand(cfg.timesteps, 2, cfg.in_channels, *cfg.input_size),)
         dyn = ({1: batch},)
     with _quiet(), torch.no_grad():
@@ -234,12 +234,20 @@ def synthetic_frames(
 
 # ---- verification --------------------------------------------------------------------------------
 def _ort_session(onnx_bytes: bytes):
-    import onnxruntime as ort
+    from models.runtime.runner import make_session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+    return make_session(onnx_bytes, "cpu", threads=1)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """Small networks gain nothing from threads; a shared machine loses a lot to spinning ones."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 class _Tally:
@@ -289,10 +297,11 @@ def verify_onnx(
         frames = np.ascontiguousarray(frames, dtype=np.float32)
         steps, batch = frames.shape[:2]
         steps_max, streams = max(steps_max, steps), streams + batch
-        if mode == "window":
-            _verify_window(ref, sess, frames, outs, spike_names, tally)
-        else:
-            _verify_steps(ref, sess, frames, ins, outs, spike_names, tally)
+        with _torch_threads(1):
+            if mode == "window":
+                _verify_window(ref, sess, frames, outs, spike_names, tally)
+            else:
+                _verify_steps(ref, sess, frames, ins, outs, spike_names, tally)
     tol = 1.5 / max(steps_max, 1) if rate_tol is None else rate_tol
     agreement = tally.equal / max(tally.total, 1)
     rates = (tally.spikes / np.maximum(tally.neuron_steps, 1)).tolist()

@@ -26,6 +26,7 @@ from urllib.parse import urlparse, urlunparse
 import httpx
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from service.protocol import encode_packet
 
@@ -99,7 +100,8 @@ class StreamSession:
                 start[k] = v
         if sensor is not None:
             start["sensor"] = {"width": int(sensor[0]), "height": int(sensor[1])}
-        await ws.send(json.dumps(start))
+        with contextlib.suppress(ConnectionClosed):  # a refusal (say, a bad key) may close first
+            await ws.send(json.dumps(start))
         try:
             first = json.loads(await asyncio.wait_for(ws.recv(), open_timeout))
         except Exception as e:

@@ -16,6 +16,7 @@ import contextlib
 import json
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -142,12 +143,15 @@ async def _stream(args: argparse.Namespace, source: Source) -> int:
     pacer = Pacer(None if (args.fast or source.live) else args.speed)
     t0 = time.monotonic()
     packets = 0
-    it = iter(source.packets)
+    queue = _pump(source, loop)
     try:
         while not stop.is_set() and s.close_code is None:
             if args.max_seconds is not None and time.monotonic() - t0 > args.max_seconds:
                 break
-            item = await asyncio.to_thread(next, it, None)
+            try:
+                item = await asyncio.wait_for(queue.get(), 0.25)
+            except TimeoutError:
+                continue
             if item is None:
                 break
             events, label = item
@@ -166,6 +170,28 @@ async def _stream(args: argparse.Namespace, source: Source) -> int:
         source.close()
     printer.totals(s, time.monotonic() - t0, packets)
     return 0 if not s.errors else 1
+
+
+def _pump(source: Source, loop: asyncio.AbstractEventLoop, depth: int = 64) -> asyncio.Queue:
+    """Read the source on a daemon thread into a bounded queue (None at the end).
+
+    Camera and network reads block; a daemon thread never holds up the exit after Ctrl-C or
+    ``--max-seconds``, where an executor thread would.
+    """
+    queue: asyncio.Queue = asyncio.Queue(depth)
+
+    def produce() -> None:
+        try:
+            for item in source.packets:
+                asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+        except Exception as e:  # the source failed: say so and end the stream
+            print(f"asasnn stream: source stopped: {e}", file=sys.stderr)
+        finally:
+            with contextlib.suppress(RuntimeError):
+                asyncio.run_coroutine_threadsafe(queue.put(None), loop)
+
+    threading.Thread(target=produce, name="asasnn-source", daemon=True).start()
+    return queue
 
 
 def run(args: argparse.Namespace) -> int:

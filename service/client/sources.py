@@ -17,6 +17,7 @@ by :class:`Pacer` in the client.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
@@ -44,7 +45,8 @@ class Source:
 
     def close(self) -> None:
         if self._close is not None:
-            self._close()
+            with contextlib.suppress(Exception):  # e.g. a generator still running on another thread
+                self._close()
 
 
 def split_packets(events: np.ndarray, packet_us: int) -> Iterator[np.ndarray]:

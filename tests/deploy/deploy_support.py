@@ -3,7 +3,9 @@
 * tools: Debian packages installed on demand (apt-get, root only), console scripts of the venv;
 * processes: free loopback ports, HTTP polling, start/stop with logs;
 * streaming: synthetic DVS events into ``WS /ws/infer`` over a plain WebSocket (protocol v1);
-* PromQL: metric names used by an expression, found by a small tokenizer (no hand-kept list).
+* model bundles: two small ones (causal ASA and vanilla) served side by side.
+
+The PromQL tokenizer lives in :mod:`promql_names`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import contextlib
 import functools
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -23,6 +24,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +49,17 @@ def _apt_install(package: str) -> str:
     for attempt, update_first in enumerate((False, True, True)):
         try:
             if update_first:
-                r = subprocess.run([*apt, "update", "-q"], env=env, capture_output=True, text=True, timeout=600)
+                r = subprocess.run(
+                    [*apt, "update", "-q"], env=env, check=False, capture_output=True, text=True, timeout=600
+                )
                 log.append(f"apt-get update rc={r.returncode}: {r.stderr.strip()[-500:]}")
-            r = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+            r = subprocess.run(install, env=env, check=False, capture_output=True, text=True, timeout=900)
         except subprocess.TimeoutExpired as e:
             log.append(f"timed out: {e}")
             continue
-        log.append(f"apt-get install {package} (try {attempt + 1}) rc={r.returncode}: {r.stderr.strip()[-500:]}")
+        log.append(
+            f"apt-get install {package} (try {attempt + 1}) rc={r.returncode}: {r.stderr.strip()[-500:]}"
+        )
         if r.returncode == 0:
             break
         time.sleep(2 * attempt)
@@ -114,7 +120,9 @@ def log_tail(log: Path | None, n: int = 4000) -> str:
     return log.read_text(errors="replace")[-n:] if log is not None and log.exists() else ""
 
 
-def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+def wait_http(
+    url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None
+) -> None:
     """Poll ``url`` until it answers 200; fail with the process log if it exits or time runs out."""
     deadline = time.monotonic() + timeout
     last = ""
@@ -152,6 +160,46 @@ def running(cmd: list[str], log: Path, **kw: Any) -> Iterator[subprocess.Popen]:
         yield proc
     finally:
         stop_process(proc)
+
+
+@dataclass
+class LiveService:
+    url: str  # http://127.0.0.1:PORT
+    port: int
+    model_dir: Path
+    proc: subprocess.Popen
+    log: Path
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.url[len("http") :] + "/ws/infer"
+
+    def metrics_text(self) -> str:
+        status, body = http_get(self.url + "/metrics")
+        assert status == 200, f"GET /metrics: HTTP {status}"
+        return body.decode()
+
+
+@contextlib.contextmanager
+def serve(model_dir: Path, workdir: Path, **settings: str) -> Iterator[LiveService]:
+    """`asasnn serve` as a subprocess (real uvicorn) on a free loopback port, ready to stream; stopped
+    with SIGTERM on exit. ``settings`` become ``ASASNN_<NAME>`` variables."""
+    asasnn = require_venv_tool("asasnn", "the project itself (pip install -e .)")
+    port = free_port()
+    log = workdir / f"serve-{port}.log"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ASASNN_")},
+        "ASASNN_MODEL_DIR": str(model_dir),
+        "ASASNN_DEVICE": "cpu",
+        "PYTHONUNBUFFERED": "1",
+        **{f"ASASNN_{k.upper()}": v for k, v in settings.items()},
+    }
+    with running(
+        [asasnn, "serve", "--host", "127.0.0.1", "--port", str(port)], log, cwd=workdir, env=env
+    ) as proc:
+        svc = LiveService(f"http://127.0.0.1:{port}", port, model_dir, proc, log)
+        wait_http(svc.url + "/readyz", timeout=120, proc=proc, log=log)
+        yield svc
 
 
 class Prometheus:
@@ -199,7 +247,7 @@ def _recv_json(ws: Any, timeout: float) -> dict[str, Any] | None:
     return json.loads(msg) if isinstance(msg, str) else None
 
 
-def stream_one(url: str, seconds: float, seed: int, out: list[dict[str, Any]]) -> None:
+def stream_one(url: str, model: str | None, seconds: float, seed: int, out: list[dict[str, Any]]) -> None:
     """One session: ``start``, synthetic packets paced in real time for ``seconds``, ``stop``; the
     ``end`` summary goes to ``out``. Predictions are read as they come (never left to pile up)."""
     from websockets.sync.client import connect
@@ -208,7 +256,7 @@ def stream_one(url: str, seconds: float, seed: int, out: list[dict[str, Any]]) -
     from models.synthetic import SyntheticConfig, live_packets
 
     with connect(url, max_size=None, open_timeout=30) as ws:
-        ws.send(json.dumps({"type": "start"}))
+        ws.send(json.dumps({"type": "start", **({"model": model} if model else {})}))
         ready = None
         while ready is None:
             msg = _recv_json(ws, 30)
@@ -227,7 +275,7 @@ def stream_one(url: str, seconds: float, seed: int, out: list[dict[str, Any]]) -
             if time.monotonic() >= t_end:
                 break
         ws.send(json.dumps({"type": "stop"}))
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # every queued step runs first; slow on a busy machine
         while time.monotonic() < deadline:
             msg = _recv_json(ws, 5)
             if msg is None:
@@ -237,164 +285,72 @@ def stream_one(url: str, seconds: float, seed: int, out: list[dict[str, Any]]) -
                 return
             assert not (msg.get("type") == "error" and msg.get("fatal")), msg
             predictions += msg.get("type") == "prediction"
-        raise AssertionError("no 'end' message within 60 s of 'stop'")
+        raise AssertionError("no 'end' message within 120 s of 'stop'")
 
 
-def stream_synthetic(url: str, seconds: float, streams: int = 2) -> list[dict[str, Any]]:
-    """``streams`` concurrent sessions of synthetic events; their ``end`` summaries."""
+def stream_synthetic(
+    url: str, seconds: float, models: tuple[str | None, ...] = (None,)
+) -> list[dict[str, Any]]:
+    """One concurrent session of synthetic events per entry of ``models`` (None: the default model);
+    their ``end`` summaries."""
     out: list[dict[str, Any]] = []
     errors: list[BaseException] = []
 
-    def run(seed: int) -> None:
+    def run(model: str | None, seed: int) -> None:
         try:
-            stream_one(url, seconds, seed, out)
-        except BaseException as e:  # reported by the caller
+            stream_one(url, model, seconds, seed, out)
+        except BaseException as e:  # noqa: BLE001 - re-raised by the caller, in its thread
             errors.append(e)
 
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(streams)]
+    threads = [threading.Thread(target=run, args=(m, i), daemon=True) for i, m in enumerate(models)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(seconds + 120)
+        t.join(seconds + 200)
     if errors:
         raise errors[0]
-    assert len(out) == streams, f"{len(out)} of {streams} streams finished"
+    assert len(out) == len(models), f"{len(out)} of {len(models)} streams finished"
     return out
 
 
-# ---- PromQL -----------------------------------------------------------------------------------------
-# Aggregation operators may be followed by `by (...)` / `without (...)` before their parenthesis, so
-# they are recognised by name; every other function is an identifier directly followed by "(".
-AGGREGATIONS = frozenset(
-    "sum min max avg group stddev stdvar count count_values bottomk topk quantile limitk limit_ratio".split()
-)
-KEYWORDS = frozenset("and or unless by without on ignoring group_left group_right offset bool inf nan atan2".split())
-LABEL_LIST_KEYWORDS = frozenset("by without on ignoring group_left group_right".split())
-_TOKEN = re.compile(
-    r"""
-    (?P<ws>\s+|\#[^\n]*)
-  | (?P<string>"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|`[^`]*`)
-  | (?P<var>\$\{[^}]*\}|\$[A-Za-z_][A-Za-z0-9_]*|\[\[[^\]]*\]\])
-  | (?P<number>0x[0-9a-fA-F]+|(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?(?:ms|[smhdwy])?(?:[0-9]+(?:ms|[smhdwy]))*)
-  | (?P<ident>[A-Za-z_:][A-Za-z0-9_:]*)
-  | (?P<punct>=~|!~|!=|==|<=|>=|[-+*/%^<>=(){}\[\],@])
-    """,
-    re.VERBOSE,
-)
+# ---- the small model bundles ------------------------------------------------------------------------
+def build_tiny_bundle(directory: Path, attention: str, name: str, with_onnx: bool = False) -> Path:
+    """A small streaming bundle (``tiny`` network, calibrated so that every layer spikes, sensor 128x128,
+    ds 4, dt 15 ms). Without ``with_onnx`` only the card and the weights are written (the torch backend
+    needs nothing else, and the verified ONNX export takes about a minute on two cores)."""
+    import torch
+
+    from models.attention import AttentionConfig
+    from models.config import preset
+    from models.network import SpikingNet
+    from models.runtime.bundle import save_bundle
+    from models.runtime.calibrate import calibrate_untrained
+    from models.runtime.export import build_card, export_bundle, random_frames
+    from models.synthetic import CLASSES
+
+    torch.manual_seed(0)
+    cfg = preset("tiny", len(CLASSES), attention=AttentionConfig(kind=attention))
+    net = SpikingNet(cfg)
+    frames = torch.from_numpy(random_frames(4, 2, (2, *cfg.input_size), seed=0))  # enough to set BN stats
+    calibrate_untrained(net, frames)
+    card = build_card(net, classes=CLASSES, sensor=(128, 128), ds=4, dt_us=15_000, name=name)
+    if with_onnx:
+        export_bundle(net, card, directory, steps=8)
+    else:
+        save_bundle(directory, card, net, None)
+    return directory
 
 
-def tokenize(expr: str) -> list[tuple[str, str]]:
-    """``(kind, text)`` tokens of a PromQL expression (Grafana's ``$var`` / ``${var}`` kept as one token)."""
-    out, i = [], 0
-    while i < len(expr):
-        m = _TOKEN.match(expr, i)
-        if m is None:
-            raise ValueError(f"cannot tokenize {expr!r} at {i}: {expr[i:i + 20]!r}")
-        if m.lastgroup != "ws":
-            out.append((m.lastgroup, m.group()))
-        i = m.end()
-    return out
-
-
-def metric_names(expr: str) -> set[str]:
-    """The metric names an expression selects: identifiers that are not functions, aggregations or
-    keywords, outside label matchers ``{...}``, range/subquery brackets ``[...]`` and the label lists
-    of ``by / without / on / ignoring / group_left / group_right``. Also ``{__name__="..."}``."""
-    toks = tokenize(expr)
-    names: set[str] = set()
-    i = 0
-    while i < len(toks):
-        kind, text = toks[i]
-        nxt = toks[i + 1][1] if i + 1 < len(toks) else ""
-        if text == "{":  # label matchers: only __name__="x" names a metric
-            j = i + 1
-            while j < len(toks) and toks[j][1] != "}":
-                if toks[j][1] == "__name__" and j + 2 < len(toks) and toks[j + 1][1] == "=" and toks[j + 2][0] == "string":
-                    names.add(toks[j + 2][1][1:-1])
-                j += 1
-            i = j + 1
-            continue
-        if text == "[":  # range or subquery
-            depth, j = 1, i + 1
-            while j < len(toks) and depth:
-                depth += {"[": 1, "]": -1}.get(toks[j][1], 0)
-                j += 1
-            i = j
-            continue
-        if kind == "ident":
-            if text in LABEL_LIST_KEYWORDS and nxt == "(":
-                depth, j = 1, i + 2
-                while j < len(toks) and depth:
-                    depth += {"(": 1, ")": -1}.get(toks[j][1], 0)
-                    j += 1
-                i = j
-                continue
-            if not (nxt == "(" or text in AGGREGATIONS or text in KEYWORDS):
-                names.add(text)
-        i += 1
-    return names
-
-
-HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
-
-
-def metric_family(name: str, histograms: set[str]) -> str:
-    """``x_bucket`` / ``x_sum`` / ``x_count`` -> ``x`` when ``x`` is a histogram; else the name itself."""
-    for suffix in HISTOGRAM_SUFFIXES:
-        if name.endswith(suffix) and name[: -len(suffix)] in histograms:
-            return name[: -len(suffix)]
-    return name
-
-
-def grafana_query_metrics(query: str) -> set[str]:
-    """Metric names of a Grafana Prometheus variable query (``label_values(selector, label)``,
-    ``query_result(expr)``, ``metrics(regex)`` is refused: it names no metric)."""
-    q = query.strip()
-    m = re.fullmatch(r"label_values\((.*),\s*[A-Za-z_][A-Za-z0-9_]*\s*\)", q, re.S)
-    if m:
-        return metric_names(m.group(1))
-    m = re.fullmatch(r"label_values\(\s*[A-Za-z_][A-Za-z0-9_]*\s*\)", q)
-    if m:
-        return set()
-    m = re.fullmatch(r"query_result\((.*)\)", q, re.S)
-    if m:
-        return metric_names(m.group(1))
-    raise ValueError(f"unsupported Grafana variable query {query!r}")
-
-
-def parse_exposition(text: str) -> tuple[dict[str, str], set[str]]:
-    """``({family: type}, {sample names})`` of a Prometheus text exposition."""
-    types: dict[str, str] = {}
-    samples: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split(None, 3)
-            types[name] = kind.strip()
-        elif line and not line.startswith("#"):
-            samples.add(re.split(r"[{\s]", line, 1)[0])
-    return types, samples
-
-
-def exported_names(types: dict[str, str], samples: set[str]) -> set[str]:
-    """Every series name the families can produce (whether or not a child exists yet)."""
-    names = set(samples)
-    for fam, kind in types.items():
-        names.add(fam)
-        if kind == "counter":
-            names.update({fam + "_total", fam + "_created"} if not fam.endswith("_total") else {fam})
-        elif kind in ("histogram", "gaugehistogram"):
-            names.update(fam + s for s in ("_bucket", "_sum", "_count", "_created"))
-        elif kind == "summary":
-            names.update(fam + s for s in ("_sum", "_count", "_created"))
-        elif kind == "info":
-            names.add(fam + "_info")
-    return names
-
-
-# ---- the small model bundle -------------------------------------------------------------------------
-def build_test_bundle(tmp: Path) -> Path:
-    """A directory with one small streaming bundle (tiny network, causal attention) for the live tests.
-
-    Uses the service tests' bundle builder when it exists, else the runtime's exporter directly.
-    """
-    raise NotImplementedError  # replaced below once models.runtime's exporter API is known
+def build_model_dir(tmp: Path) -> Path:
+    """A model directory serving two models side by side, as the dashboard's A/B row expects:
+    ``default`` (the bundled default model when the checkout has one, else a tiny causal-ASA
+    network) and ``vanilla`` (a tiny network without attention)."""
+    root = tmp / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    bundled = REPO / "models" / "bundled" / "default"
+    if (bundled / "card.json").is_file():
+        shutil.copytree(bundled, root / "default", ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        build_tiny_bundle(root / "default", "causal-asa", "tiny-causal-asa")
+    build_tiny_bundle(root / "vanilla", "none", "tiny-vanilla")
+    return root

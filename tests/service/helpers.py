@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import torch
 import uvicorn
 
-from models.events import SensorSize
+from models.events import SensorSize, make_events
 from service.config import Settings
 from service.main import create_app
 
@@ -21,17 +22,6 @@ SENSOR = SensorSize(128, 128)
 DT_US = 50_000
 
 
-def _default_loader() -> Any:
-    try:
-        from models.runtime import load_runner  # noqa: F401
-    except ImportError:  # TEMPORARY until the runtime lands
-        from tests.service._standin import load_runner
-
-        return load_runner
-    return None
-
-
-LOADER = _default_loader()
 
 
 def make_bundle(directory: Path, seed: int, name: str) -> None:
@@ -63,7 +53,7 @@ class LiveServer:
 
     def __init__(self, settings: Settings, loader: Any = None) -> None:
         self.settings = settings
-        self.app = create_app(settings, loader=loader or LOADER)
+        self.app = create_app(settings, loader=loader)
         cfg = uvicorn.Config(
             self.app, host="127.0.0.1", port=0, log_level="warning", ws_max_size=settings.ws_max_size,
             ws_per_message_deflate=False, lifespan="on",
@@ -105,3 +95,22 @@ def live_server(model_dir: Path, loader: Any = None, **kw: Any) -> Iterator[Live
     """A server with settings ``kw`` on top of the test defaults."""
     with LiveServer(settings_for(model_dir, **kw), loader=loader) as s:
         yield s
+
+
+def wrapping_loader(store: dict[str, Any]) -> Any:
+    """A loader that wraps each runner in :class:`tests.service.fakes.WrappedRunner`, kept in ``store``."""
+    from tests.service.fakes import WrappedRunner
+
+    def load(path: Path, **kw: Any) -> Any:
+        from models.runtime import load_runner
+
+        inner = load_runner(path, **kw)
+        store[path.name] = WrappedRunner(inner)
+        return store[path.name]
+
+    return load
+
+
+def events(t0: int, n: int, dt: int = 1000, x: int = 10, y: int = 10) -> np.ndarray:
+    """``n`` events every ``dt`` us from ``t0`` at one pixel, alternating polarity."""
+    return make_events(np.arange(n) * dt + t0, np.full(n, x), np.full(n, y), np.arange(n) % 2)

@@ -142,3 +142,17 @@ def test_train_and_eval_commands_on_synthetic(tmp_path, capsys):
     assert set(report["accuracy"]) == {"clip", "vote"}
     assert [layer["name"] for layer in report["layers"]] == ["conv1", "conv2", "conv3", "fc1", "fc2"]
     assert "majority vote" in capsys.readouterr().out
+    # the same model as a bundle directory gives the same numbers
+    from models.runtime.bundle import save_bundle
+    from models.runtime.export import build_card
+    from training.cli.evaluate import load_model
+
+    net, info = load_model(run / "best.pt")
+    data = info["data"]
+    card = build_card(net, classes=data["classes"], sensor=data["sensor"], ds=data["ds"], dt_us=data["dt_us"],
+                      metrics=info["metrics"], dataset=data["dataset"], train_config=info["train_config"])
+    save_bundle(tmp_path / "bundle", card, net, None)
+    out2 = tmp_path / "eval-bundle.json"
+    assert cli(eval_cli, [str(tmp_path / "bundle"), "--json", str(out2), "--no-progress"]) == 0
+    again = json.loads(out2.read_text())
+    assert again["accuracy"] == report["accuracy"] and again["nasfr"] == report["nasfr"]

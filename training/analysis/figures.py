@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from training.analysis import metrics as M
 from training.analysis.run import ModelResult
@@ -32,8 +34,13 @@ def fig_tsfr(results: list[ModelResult]) -> Figure:
     """T-SFR against the timestep, network and per layer (observation 2: flat over time?)."""
     names = [layer.name for layer in results[0].layers]
     n = len(names) + 1
-    fig = Figure(figsize=(3.2 * n, 3.0), layout="constrained")
-    axes = fig.subplots(1, n, squeeze=False)[0]
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(3.6 * cols, 2.7 * rows), layout="constrained")
+    grid = fig.subplots(rows, cols, squeeze=False)
+    for ax in grid.flat[n:]:
+        ax.axis("off")
+    axes = grid.flat[:n]
     for k, r in enumerate(results):
         t = np.arange(1, len(r.tsfr) + 1)
         curves = [r.tsfr] + [layer.tsfr for layer in r.layers]
@@ -43,7 +50,8 @@ def fig_tsfr(results: list[ModelResult]) -> Figure:
         ax.set_title(f"T-SFR, {title}")
         ax.set_xlabel("timestep t")
         ax.set_ylim(bottom=0)
-    axes[0].set_ylabel("spikes / neuron / timestep")
+    for ax in grid[:, 0]:
+        ax.set_ylabel("spikes / neuron / timestep")
     axes[0].legend(fontsize=8)
     return fig
 
@@ -93,6 +101,7 @@ def fig_csfr(results: list[ModelResult]) -> Figure:
                          fontsize=8)
             ax.set_ylim(0, top)
             ax.set_xlabel("channel rank (by C-SFR)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if col == 0:
                 ax.set_ylabel("C-SFR (mean over t)")
     fig.legend(handles=[Patch(color=c, label=p) for p, c in PATTERN_COLOURS.items()], loc="outside upper right", ncols=3)
@@ -119,26 +128,49 @@ def fig_nsfr_maps(results: list[ModelResult]) -> Figure:
     return fig
 
 
-def fig_spike_features(r: ModelResult, i: int, t: int, max_channels: int = 64) -> Figure:
-    """Definition 2 / Figure 2a: every channel's spike feature at timestep ``t`` on the 0-1 scale."""
-    layer = r.layers[i]
-    c = min(layer.nsfr.shape[1], max_channels)
+def mosaic(tiles: np.ndarray, cols: int, gap: int = 1) -> np.ndarray:
+    """Tiles ``[N, H, W]`` laid out ``cols`` to a row, separated by ``gap`` NaN pixels (drawn blank)."""
+    n, h, w = tiles.shape
+    rows = -(-n // cols)
+    out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap), np.nan)
+    for k in range(n):
+        r, c = divmod(k, cols)
+        out[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = tiles[k]
+    return out
+
+
+def _cmap(name: str):
+    import matplotlib
+
+    return matplotlib.colormaps[name].with_extremes(bad="white")
+
+
+def fig_spike_features(results: list[ModelResult], i: int, t: int, max_channels: int = 64) -> Figure:
+    """Definition 2 / Figures 2a and 5a: every channel's spike feature at timestep ``t``, one panel per
+    model, on the fixed 0-1 N-SFR scale. Labels: channel, pattern (N noise, n normal, 0 null), C-SFR."""
+    c = min(results[0].layers[i].nsfr.shape[1], max_channels)
     cols = min(8, c)
     rows = -(-c // cols)
-    fig = Figure(figsize=(1.25 * cols + 0.8, 1.35 * rows + 0.5), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
+    h, w = results[0].layers[i].nsfr.shape[-2:]
+    fig = Figure(figsize=(1.3 * cols + 1.2, (1.3 * rows + 0.45) * len(results)), layout="constrained")
+    axes = fig.subplots(len(results), 1, squeeze=False)[:, 0]
     im = None
-    for ch, ax in enumerate(axes.flat):
+    for ax, r in zip(axes, results):
+        layer = r.layers[i]
+        im = ax.imshow(mosaic(layer.nsfr[t, :c], cols, gap=max(1, h // 8)), cmap=_cmap(NSFR_CMAP), vmin=0, vmax=1)
+        g = max(1, h // 8)
+        for ch in range(c):
+            rr, cc = divmod(ch, cols)
+            p = layer.pattern[ch]
+            ax.text(cc * (w + g), rr * (h + g) - 0.6, f"c{ch} {TAG[p]} {layer.csfr_t[t, ch]:.2f}", fontsize=6.5,
+                    color=PATTERN_COLOURS[p], va="bottom")
         ax.set_xticks([]), ax.set_yticks([])
-        if ch >= c:
-            ax.axis("off")
-            continue
-        im = ax.imshow(layer.nsfr[t, ch], cmap=NSFR_CMAP, vmin=0, vmax=1)
-        p = layer.pattern[ch]
-        ax.set_title(f"c{ch} {p} {layer.csfr_t[t, ch]:.2f}", fontsize=7, color=PATTERN_COLOURS[p])
-    fig.suptitle(f"{r.name}, {layer.name}: spike features at t={t + 1} (title: channel, pattern, C-SFR)", fontsize=9)
+        ax.set_title(f"{r.name}, {layer.name}, t={t + 1}", fontsize=9, pad=10)
     fig.colorbar(im, ax=axes, shrink=0.6, label="N-SFR (share of clips spiking)")
     return fig
+
+
+TAG = {M.NOISE: "N", M.NORMAL: "n", M.NULL: "0"}
 
 
 def pick_channels(layer) -> list[tuple[str, int]]:
@@ -148,26 +180,30 @@ def pick_channels(layer) -> list[tuple[str, int]]:
     if active.size:
         focused = int(active[np.nanargmin(np.nan_to_num(layer.bg_share[active], nan=1.0))])
         if focused != out[0][1]:
-            out.append(("most on the events", focused))
+            out.append(("most on events", focused))
     return out
 
 
-def fig_channel_time(r: ModelResult, i: int, max_steps: int = 16) -> Figure:
-    """Figure 2b: one channel's spike feature across timesteps (fixed 0-1 scale)."""
-    layer = r.layers[i]
-    chans = pick_channels(layer)
-    steps = np.unique(np.linspace(0, layer.nsfr.shape[0] - 1, min(max_steps, layer.nsfr.shape[0])).round().astype(int))
-    fig = Figure(figsize=(1.1 * len(steps) + 1.2, 1.45 * len(chans) + 0.5), layout="constrained")
-    axes = fig.subplots(len(chans), len(steps), squeeze=False)
+def fig_channel_time(results: list[ModelResult], i: int, max_steps: int = 16) -> Figure:
+    """Figures 2b and 5b: one channel's spike feature across timesteps (fixed 0-1 scale); per model the
+    most active channel and the active channel with the smallest share of spikes off the event region."""
+    t_all = results[0].layers[i].nsfr.shape[0]
+    steps = np.unique(np.linspace(0, t_all - 1, min(max_steps, t_all)).round().astype(int))
+    h, w = results[0].layers[i].nsfr.shape[-2:]
+    g = max(1, h // 8)
+    fig = Figure(figsize=(0.9 * len(steps) + 2.4, 2.0 * len(results) + 0.4), layout="constrained")
+    axes = fig.subplots(len(results), 1, squeeze=False)[:, 0]
     im = None
-    for row, (why, ch) in enumerate(chans):
-        for col, t in enumerate(steps):
-            ax = axes[row, col]
-            im = ax.imshow(layer.nsfr[t, ch], cmap=NSFR_CMAP, vmin=0, vmax=1)
-            ax.set_xticks([]), ax.set_yticks([])
-            ax.set_title(f"t={t + 1}", fontsize=7)
-        axes[row, 0].set_ylabel(f"c{ch}\n{why}\n{layer.pattern[ch]}", fontsize=7)
-    fig.suptitle(f"{r.name}, {layer.name}: one channel across timesteps", fontsize=9)
+    for ax, r in zip(axes, results):
+        layer = r.layers[i]
+        chans = pick_channels(layer)
+        tiles = np.stack([layer.nsfr[t, ch] for _, ch in chans for t in steps])
+        im = ax.imshow(mosaic(tiles, len(steps), g), cmap=_cmap(NSFR_CMAP), vmin=0, vmax=1)
+        ax.set_xticks([k * (w + g) + w / 2 - 0.5 for k in range(len(steps))], [str(t + 1) for t in steps], fontsize=7)
+        ax.set_yticks([k * (h + g) + h / 2 - 0.5 for k in range(len(chans))],
+                      [f"c{ch} {why}\n({layer.pattern[ch]}, C-SFR {layer.csfr[ch]:.2f})" for why, ch in chans], fontsize=7)
+        ax.set_xlabel("timestep t", fontsize=8)
+        ax.set_title(f"{r.name}, {layer.name}: one channel across timesteps", fontsize=9)
     fig.colorbar(im, ax=axes, shrink=0.7, label="N-SFR")
     return fig
 
@@ -220,34 +256,35 @@ def _mpd_xrange(results: list[ModelResult], i: int, edges: np.ndarray) -> tuple[
     return float(min(edges[lo], -0.2)), float(max(edges[min(hi + 1, len(edges) - 1)], v_th + 0.2))
 
 
-def fig_mpd(results: list[ModelResult], r: ModelResult, i: int, edges: np.ndarray, max_channels: int = 16) -> Figure:
-    """Definition 5: per-channel membrane-potential histograms, threshold line, peak interval (PTD)."""
-    layer = r.layers[i]
-    order = np.argsort(-layer.csfr, kind="stable")
-    picks = order[np.unique(np.linspace(0, len(order) - 1, min(max_channels, len(order))).round().astype(int))]
-    cols = min(4, len(picks))
-    rows = -(-len(picks) // cols)
+def fig_mpd(results: list[ModelResult], i: int, edges: np.ndarray, max_channels: int = 16) -> Figure:
+    """Definition 5: per-channel membrane-potential histograms stacked (ridgeline), one panel per model;
+    channels ordered by C-SFR (top = most active), bar height proportional to the square root of the
+    count (so the tails show), each scaled to its own tallest bin. Red line: Vth;
+    black tick: centre of the peak interval (Vth + PTD)."""
     centres = 0.5 * (edges[:-1] + edges[1:])
     lo, hi = _mpd_xrange(results, i, edges)
-    fig = Figure(figsize=(2.3 * cols, 1.7 * rows + 0.5), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax, ch in zip(axes.flat, picks):
-        h = layer.hist[ch] / max(layer.hist[ch].sum(), 1)
-        ax.fill_between(centres, h, step="mid", color=colour(results.index(r)), alpha=0.7)
-        ax.axvline(r.v_th, color="#d62728", lw=1)
-        if np.isfinite(layer.ptd[ch]):
-            ax.axvline(r.v_th + layer.ptd[ch], color="#2ca02c", lw=1, ls="--")
+    n = min(max_channels, results[0].layers[i].hist.shape[0])
+    fig = Figure(figsize=(4.2 * len(results), 0.42 * n + 1.3), layout="constrained")
+    axes = fig.subplots(1, len(results), squeeze=False, sharex=True)[0]
+    for k, (ax, r) in enumerate(zip(axes, results)):
+        layer = r.layers[i]
+        order = np.argsort(-layer.csfr, kind="stable")
+        picks = order[np.unique(np.linspace(0, len(order) - 1, n).round().astype(int))]
+        labels = []
+        for row, ch in enumerate(picks):
+            y0 = len(picks) - 1 - row
+            h = np.sqrt(layer.hist[ch].astype(float))
+            h = h / h.max() * 0.9 if h.max() > 0 else h
+            ax.fill_between(centres, y0, y0 + h, where=h > 0, step="mid", color=colour(k), alpha=0.75, lw=0)
+            if np.isfinite(layer.ptd[ch]):
+                ax.plot([r.v_th + layer.ptd[ch]] * 2, [y0, y0 + 0.9], color="k", lw=1.2)
+            labels.append((y0, f"c{ch} fr {layer.csfr[ch]:.2f} PTD {layer.ptd[ch]:+.2f} var {layer.variance[ch]:.3f}"))
+        ax.axvline(r.v_th, color="#d62728", lw=1.2)
+        ax.set_yticks([y + 0.35 for y, _ in labels], [t for _, t in labels], fontsize=6.5)
         ax.set_xlim(lo, hi)
-        ax.set_title(f"c{ch} C-SFR {layer.csfr[ch]:.2f}\nPTD {layer.ptd[ch]:+.2f}  var {layer.variance[ch]:.3f}", fontsize=7)
-        ax.tick_params(labelsize=6)
-    for ax in axes.flat[len(picks):]:
-        ax.axis("off")
-    for ax in axes[-1]:
-        ax.set_xlabel("membrane potential U", fontsize=7)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("share of values", fontsize=7)
-    fig.suptitle(f"{r.name}, {layer.name}: MPD per channel (red: Vth = {r.v_th:g}, green dashed: peak interval centre)",
-                 fontsize=8)
+        ax.set_ylim(-0.1, len(picks))
+        ax.set_xlabel("membrane potential U")
+        ax.set_title(f"{r.name}, {layer.name}: MPD per channel (height ~ sqrt(count))", fontsize=9)
     return fig
 
 
@@ -267,7 +304,9 @@ def fig_ptd_variance(results: list[ModelResult]) -> Figure:
         ax.set_xlabel("PTD = peak interval centre - Vth")
         ax.set_yscale("log")
     axes[0].set_ylabel("variance of U")
-    axes[0].legend(fontsize=7)
+    names = [results[0].layers[i].name for i in _conv(results[0])]
+    axes[0].legend(handles=[Line2D([], [], ls="", marker=MARKERS[j % 6], color="#999999", markeredgecolor="k", label=n)
+                            for j, n in enumerate(names)], fontsize=7)
     fig.colorbar(sc, ax=axes, label="C-SFR")
     return fig
 
@@ -307,7 +346,7 @@ def fig_energy(results: list[ModelResult]) -> Figure:
     a.legend(fontsize=8)
     b.set_xticks(range(len(results)), [r.name for r in results], fontsize=7, rotation=15)
     b.set_ylabel("energy proxy / sample (uJ)")
-    b.set_title("E = E_MAC MACs(layer 1) + E_AC SOPs")
+    b.set_title("energy proxy\nE = E_MAC MACs(layer 1) + E_AC SOPs", fontsize=9)
     b.legend(fontsize=7)
     return fig
 

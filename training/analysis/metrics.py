@@ -121,7 +121,9 @@ def event_region(frames: Tensor, mass: float = 0.8) -> Tensor:
     Heuristic: the events of the whole window are counted per pixel (both polarities) and the
     region is the smallest set of pixels holding ``mass`` of them (densest first). On the synthetic
     gestures, ``mass = 0.8`` captures about 90 % of the gesture's events at about 90 % purity; sensor
-    noise spreads thinly over the frame and falls outside. A sample without events has an empty region.
+    noise spreads thinly over the frame and falls outside (measured with the simulator's per-event
+    source labels at 32x32, T=16 x 15 ms: 93 % of the gesture's events inside, 87 % of the events
+    inside from the gesture, 9 % of the frame). A sample without events has an empty region.
     """
     if not 0 < mass <= 1:
         raise ValueError(f"mass must be in (0, 1], got {mass}")
@@ -134,9 +136,10 @@ def event_region(frames: Tensor, mass: float = 0.8) -> Tensor:
     return region.view(counts.shape[0], *frames.shape[-2:])
 
 
-def region_fraction(region: Tensor, size: tuple[int, int]) -> Tensor:
-    """Share of each cell of a layer's ``size`` grid covered by the region ``[B, H, W] -> [B, h, w]``."""
-    return F.adaptive_avg_pool2d(region.unsqueeze(1).float(), size).squeeze(1)
+def region_cells(region: Tensor, size: tuple[int, int]) -> Tensor:
+    """The region on a layer's coarser ``size`` grid: a cell belongs to it when any of its input pixels
+    does (``[B, H, W] -> [B, h, w]``, 0/1)."""
+    return F.adaptive_max_pool2d(region.unsqueeze(1).float(), size).squeeze(1)
 
 
 def background_share(spikes: np.ndarray, inside: np.ndarray) -> np.ndarray:
@@ -219,6 +222,6 @@ def mask_agreement(freq: np.ndarray) -> float:
 __all__ = [
     "NOISE", "NORMAL", "NULL", "background_share", "c_sfr", "classify_patterns", "event_region",
     "feature_similarity", "flatness", "ghost_stats", "mask_agreement", "mask_stability", "mpd_edges",
-    "n_sfr", "nasfr", "network_t_sfr", "pct_change", "ptd", "quantization_error", "region_fraction",
+    "n_sfr", "nasfr", "network_t_sfr", "pct_change", "ptd", "quantization_error", "region_cells",
     "spatial_entropy", "t_sfr", "variance",
 ]

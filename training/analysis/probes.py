@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from models.attention import ASA, CausalASA
-from training.analysis.metrics import event_region, mask_stability, region_fraction
+from training.analysis.metrics import event_region, mask_stability, region_cells
 
 
 class ProbeSet:
@@ -85,9 +85,10 @@ class RegionProbe:
     """Spikes per channel inside the input-event region of their sample (conv layers only).
 
     Call :meth:`set_input` with each batch's frames ``[T, B, P, H, W]`` before the forward pass. Per
-    conv layer it accumulates ``total [T, C]`` and ``inside [T, C]`` (spikes weighted by the share of
-    their cell covered by the region) and ``area``, the region's mean share of the layer's grid summed
-    over samples (so ``1 - area / samples`` is the background share of a channel firing uniformly).
+    conv layer it accumulates ``total [T, C]`` and ``inside [T, C]`` (spikes on cells of the layer's grid
+    that hold region pixels, :func:`~training.analysis.metrics.region_cells`) and ``area``, the share of
+    the grid in the region summed over samples (so ``1 - area / samples`` is the background share of a
+    channel firing evenly everywhere).
     """
 
     wants_membrane = False
@@ -113,7 +114,7 @@ class RegionProbe:
         if self._region is None:
             raise RuntimeError("RegionProbe.set_input was not called for this batch")
         s = spikes.detach().float().cpu()
-        frac = region_fraction(self._region, tuple(s.shape[-2:]))  # [B, h, w]
+        frac = region_cells(self._region, tuple(s.shape[-2:]))  # [B, h, w] 0/1
         inside = (s * frac[None, :, None]).sum(dim=(1, 3, 4)).double()
         total = s.sum(dim=(1, 3, 4)).double()
         self.total[layer] = self.total.get(layer, 0) + total

@@ -8,6 +8,7 @@ import html
 import json
 import math
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -128,11 +129,16 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
 
 
 class _Writer:
-    def __init__(self, out: Path) -> None:
-        self.out, self.parts = out, []
+    """Saves a figure as PNG and returns its HTML (embedded); with ``figures=False`` draws nothing."""
+
+    def __init__(self, out: Path, figures: bool = True) -> None:
+        self.out, self.figures = out, figures
         (out / "figures").mkdir(parents=True, exist_ok=True)
 
-    def fig(self, fig, name: str, caption: str = "") -> str:
+    def fig(self, make, name: str, caption: str = "") -> str:
+        if not self.figures:
+            return ""
+        fig = make()
         path = self.out / "figures" / f"{name}.png"
         fig.savefig(path, dpi=110)
         data = base64.b64encode(path.read_bytes()).decode()
@@ -147,10 +153,12 @@ th{background:#f0f0f0}figure{margin:.5em 0}img{max-width:100%}figcaption{font-si
 p.note{font-size:13px;color:#444}"""
 
 
-def write_report(results: list[ModelResult], opts: AnalysisOptions, out: Path | str, command: str = "") -> Path:
-    """Write every output into ``out``; returns the HTML path."""
+def write_report(
+    results: list[ModelResult], opts: AnalysisOptions, out: Path | str, command: str = "", figures: bool = True
+) -> Path:
+    """Write every output into ``out``; returns the HTML path. ``figures=False``: tables and numbers only."""
     out = Path(out)
-    w = _Writer(out)
+    w = _Writer(out, figures)
     edges = M.mpd_edges(*opts.mpd_range, opts.mpd_bins)
     t_star = opts.timestep if opts.timestep is not None else results[0].timesteps // 2
     conv = [i for i, la in enumerate(results[0].layers) if la.conv]
@@ -167,47 +175,54 @@ def write_report(results: list[ModelResult], opts: AnalysisOptions, out: Path | 
                         [[c["model"], c["baseline"], c["accuracy_points"], c["nasfr_pct"], c["spikes_pct"], c["sops_pct"],
                           c["energy_pct"]] for c in comparison(results)]))
     h.append("<h2>Firing rates (definition 1)</h2>")
-    h.append(w.fig(FG.fig_tsfr(results), "tsfr", "T-SFR per timestep; observation 2 expects flat curves (CV in the summary)."))
-    h.append(w.fig(FG.fig_rates(results), "rates", "Firing rate per layer and NASFR; spikes per sample with the change against the first model."))
-    h.append(w.fig(FG.fig_csfr(results), "csfr", "C-SFR per channel, sorted; colour = pattern (heuristic, see below)."))
-    h.append(w.fig(FG.fig_nsfr_maps(results), "nsfr_maps", "N-SFR averaged over channels and time; first column: how often each input pixel lies in the event region."))
+    h.append(w.fig(partial(FG.fig_tsfr, results), "tsfr", "T-SFR per timestep; observation 2 expects flat curves (CV in the summary)."))
+    h.append(w.fig(partial(FG.fig_rates, results), "rates", "Firing rate per layer and NASFR; spikes per sample with the change against the first model."))
+    h.append(w.fig(partial(FG.fig_csfr, results), "csfr", "C-SFR per channel, sorted; colour = pattern (heuristic, see below)."))
+    h.append(w.fig(partial(FG.fig_nsfr_maps, results), "nsfr_maps", "N-SFR averaged over channels and time; first column: how often each input pixel lies in the event region."))
     h.append("<h2>Spike features (definition 2, Figures 2 and 5)</h2>")
     for i in conv:
         name = results[0].layers[i].name
-        h.append(f"<h3>{name}</h3><div class=row>" + "".join(
-            w.fig(FG.fig_spike_features(r, i, t_star), f"features_{name}_{k}") for k, r in enumerate(results)) + "</div>")
-        h.append("<div class=row>" + "".join(
-            w.fig(FG.fig_channel_time(r, i), f"channel_time_{name}_{k}") for k, r in enumerate(results)) + "</div>")
+        h.append(f"<h3>{name}</h3><div class=row>" + w.fig(partial(FG.fig_spike_features, results, i, t_star), f"features_{name}")
+                 + w.fig(partial(FG.fig_channel_time, results, i), f"channel_time_{name}") + "</div>")
     h.append("<h2>Ghost features and spike patterns (observations 1 and 3)</h2>")
     h.append(f"<p class=note>Near duplicate: cosine similarity of two active channels' spike features (all timesteps) "
              f">= {opts.ghost_threshold:g}. Pattern heuristic: the event region of a clip is the smallest set of input pixels "
              f"holding {opts.region_mass:g} of its events; a channel is <b>noise</b> when at least {opts.noise_share:g} of its "
              f"spikes fall outside it, <b>null</b> when its C-SFR is below {opts.min_rate:g}, else <b>normal</b>. This is a "
              f"heuristic stand-in for the paper's visual judgement.</p>")
+    crow = []
+    for r in results:
+        for i in conv:
+            la = r.layers[i]
+            listed = [", ".join(f"c{c}" for c in np.flatnonzero(la.pattern == p)) or "-" for p in (M.NOISE, M.NULL)]
+            dup = ", ".join(f"c{c}" for c in np.flatnonzero(la.ghost["duplicate"])) or "-"
+            crow.append([r.name, la.name, *listed, dup, la.ghost["mean_similarity"]])
+    h.append(_table(["model", "layer", "noise channels", "null channels", "channels with a near duplicate",
+                     "mean similarity (active)"], crow))
     for i in conv:
-        h.append(w.fig(FG.fig_similarity(results, i), f"similarity_{results[0].layers[i].name}"))
-    h.append(w.fig(FG.fig_noise_scatter(results, opts.noise_share, opts.min_rate), "noise_scatter",
+        h.append(w.fig(partial(FG.fig_similarity, results, i), f"similarity_{results[0].layers[i].name}"))
+    h.append(w.fig(partial(FG.fig_noise_scatter, results, opts.noise_share, opts.min_rate), "noise_scatter",
                    "C-SFR against the share of spikes outside the event region, per channel."))
     h.append("<h2>Membrane potential (definitions 5 and 6, Figure 6, Table 4)</h2>")
     for i in conv:
         name = results[0].layers[i].name
-        h.append(f"<h3>{name}</h3><div class=row>" + "".join(
-            w.fig(FG.fig_mpd(results, r, i, edges), f"mpd_{name}_{k}") for k, r in enumerate(results)) + "</div>")
-    h.append(w.fig(FG.fig_ptd_variance(results), "ptd_variance", "PTD against variance per conv channel, coloured by C-SFR."))
-    h.append(w.fig(FG.fig_qe(results), "qe"))
+        h.append(w.fig(partial(FG.fig_mpd, results, i, edges), f"mpd_{name}", "Channels ordered by C-SFR (top: most active), "
+                       "bar height ~ sqrt(count), each histogram scaled to its tallest bin; red: Vth; black tick: peak interval centre (Vth + PTD)."))
+    h.append(w.fig(partial(FG.fig_ptd_variance, results), "ptd_variance", "PTD against variance per conv channel, coloured by C-SFR."))
+    h.append(w.fig(partial(FG.fig_qe, results), "qe"))
     qrows = [[r.name] + [la.qe for la in r.layers] + [max(la.out_of_range for la in r.layers)] for r in results]
     h.append(_table(["model"] + [la.name for la in results[0].layers] + ["share of U outside MPD range"], qrows))
     h.append("<h2>Energy</h2>")
-    h.append(w.fig(FG.fig_energy(results), "energy"))
+    h.append(w.fig(partial(FG.fig_energy, results), "energy"))
     erows = [[r.name] + [la.sops_per_sample for la in r.layers] + [r.summary["sops_per_sample"]] for r in results]
     h.append(_table(["SOPs/sample"] + [la.name for la in results[0].layers] + ["total"], erows))
     for k, r in enumerate(results):
         if not r.attn:
             continue
         h.append(f"<h2>Attention: {html.escape(r.name)}</h2>")
-        h.append(w.fig(FG.fig_masks(r), f"masks_{k}", "Stability: share of steps t -> t+1 a channel keeps its group (1 = "
+        h.append(w.fig(partial(FG.fig_masks, r), f"masks_{k}", "Stability: share of steps t -> t+1 a channel keeps its group (1 = "
                        "fixed split); agreement: how much clips agree on the split (1 = identical)."))
-        h.append(w.fig(FG.fig_spatial_maps(r, t_star), f"spatial_maps_{k}"))
+        h.append(w.fig(partial(FG.fig_spatial_maps, r, t_star), f"spatial_maps_{k}"))
     (out / "report.html").write_text(f"<!doctype html><html><head><meta charset=utf-8><title>ASA redundancy report</title>"
                                      f"<style>{CSS}</style></head><body>{''.join(h)}</body></html>\n")
     data = {"command": command, "options": _num(asdict(opts)), "findings": findings(results),

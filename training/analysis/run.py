@@ -240,6 +240,8 @@ def analyze(paths: list[str], opts: AnalysisOptions, names: list[str] | None = N
         net, info = load_model(path)
         if not info.get("data"):
             raise ValueError(f"{path}: no data description (dataset, binning) in the checkpoint or card")
+        if opts.timestep is not None and not 0 <= opts.timestep < net.cfg.timesteps:
+            raise ValueError(f"--timestep must be in 1..{net.cfg.timesteps} for {path}")
         tc = info.get("train_config") or {}
         key = repr(([tc.get(k) for k in ("dataset", "root", "synthetic", "test_clips", "seed")], info["data"]))
         if key not in datasets:
@@ -250,6 +252,8 @@ def analyze(paths: list[str], opts: AnalysisOptions, names: list[str] | None = N
         log(f"analyze {name}: {info['path']} on the {desc} ({len(dataset)} clips)")
         raw = analyze_model(net, dataset, list(info["data"]["classes"]), opts, device)
         results.append(build_result(net, raw, opts, name, info["path"], desc, time.perf_counter() - t0))
+        if [(la.name, la.nsfr.shape) for la in results[-1].layers] != [(la.name, la.nsfr.shape) for la in results[0].layers]:
+            raise ValueError(f"{path}: its layers differ from {paths[0]}'s; compare models of one architecture")
     return results
 
 

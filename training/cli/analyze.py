@@ -51,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     h.add_argument("--mpd-bins", type=int, default=160)
     h.add_argument("--timestep", type=int, default=None, help="timestep (1-based) of the spike-feature grids (default: T/2)")
     h.add_argument("--samples", type=int, default=4, help="clips whose attention maps are drawn")
+    h.add_argument("--no-figures", dest="figures", action="store_false", help="numbers and tables only (fast)")
     run_ = parser.add_argument_group("execution")
     run_.add_argument("--batch-size", type=int, default=32)
     run_.add_argument("--device", default="auto")
@@ -76,11 +77,8 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, KeyError) as err:
         print(f"asasnn analyze: {err}", file=sys.stderr)
         return 2
-    if opts.timestep is not None and not 0 <= opts.timestep < min(r.timesteps for r in results):
-        print(f"asasnn analyze: --timestep must be in 1..{min(r.timesteps for r in results)}", file=sys.stderr)
-        return 2
     argv = sys.argv[sys.argv.index("analyze") + 1:] if "analyze" in sys.argv else args.models
-    html = write_report(results, opts, Path(args.out), shlex.join(["asasnn", "analyze", *argv]))
+    html = write_report(results, opts, Path(args.out), shlex.join(["asasnn", "analyze", *argv]), args.figures)
     for line in findings(results):
         print(line)
     print(f"report: {html} (analysis.json, figures/, arrays.npz beside it), {time.perf_counter() - t0:.1f} s")

@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--cache-dir", default=None, help="frame cache directory (default: the run's)")
     parser.add_argument("--json", dest="json_path", default=None, help="where to write the JSON report")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
@@ -50,7 +51,7 @@ def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
     if path.is_dir() and not (path / "best.pt").exists() and not (path / "last.pt").exists():
         from models.runtime.bundle import load_bundle  # a bundle directory
 
-        return _from_bundle(load_bundle(path), path)
+        return _from_bundle(load_bundle(path, check_graph=False), path)  # the torch network is enough
     if path.is_dir():
         path = path / ("best.pt" if (path / "best.pt").exists() else "last.pt")
     ck = torch.load(path, map_location="cpu", weights_only=True)
@@ -72,6 +73,8 @@ def _from_bundle(bundle: Any, path: Path) -> tuple[Any, dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from models.instrument import EnergyModel
     from training.config import TrainConfig
     from training.distributed import pick_device
@@ -96,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     if [cfg.dt_us, cfg.ds, cfg.timesteps] != [data["dt_us"], data["ds"], data["timesteps"]]:
         print("asasnn eval: train_config and data disagree on dt_us / ds / timesteps", file=sys.stderr)
         return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     net = net.to(device)
     t0 = time.perf_counter()

@@ -103,11 +103,6 @@ async def _open(state: ServiceState, start: StartMessage) -> Session:
         raise ProtocolError("unknown_model", str(e), fatal=True) from None
     if entry.runner is None:
         raise ProtocolError("model_unavailable", f"model {entry.name!r} did not load: {entry.error}", fatal=True)
-    if str(entry.runner.card.mode) != "step":
-        raise ProtocolError(
-            "not_streamable", f"model {entry.name!r} needs whole windows (mode {entry.runner.card.mode!r}); "
-            "classify recordings with POST /v1/classify or stream with a causal model", fatal=True,
-        )
     cfg = state.session_config(
         entry, sensor=start.sensor, dt_us=start.dt_us, ds=start.ds, t_start_us=start.t_start_us,
         readout=start.readout, output=start.output,

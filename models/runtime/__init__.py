@@ -1,0 +1,32 @@
+"""The stateful stepwise runtime: model bundles, export, step runners (PyTorch, ONNX Runtime), readout.
+
+See docs/bundle.md. The usual entry points::
+
+    from models.runtime import load_runner, Readout
+    runner = load_runner(bundle_dir, backend="onnx")   # or "torch"; device "auto" | "cpu" | "cuda"
+    slot = runner.open()
+    res = runner.step([slot], frames)                  # StepResult(out, counts, sops, energy_j, evaluated)
+
+Heavy imports (ONNX Runtime, the exporter) happen only when used.
+"""
+
+from models.runtime.bundle import Bundle, BundleError, ModelCard, load_bundle, save_bundle
+from models.runtime.readout import Prediction, Readout
+from models.runtime.runner import OrtStepRunner, StepResult, StepRunner, TorchStepRunner, load_runner
+from models.runtime.window import WindowRunner
+
+__all__ = [
+    "Bundle",
+    "BundleError",
+    "ModelCard",
+    "OrtStepRunner",
+    "Prediction",
+    "Readout",
+    "StepResult",
+    "StepRunner",
+    "TorchStepRunner",
+    "WindowRunner",
+    "load_bundle",
+    "load_runner",
+    "save_bundle",
+]

@@ -1,0 +1,388 @@
+"""The stateful stepwise runtime: a slot table of streams on the device, two backends.
+
+A *slot* is one stream's state (membrane potentials, causal-ASA running statistics). The caller
+opens a slot per stream and then advances any subset of open slots, in any order, with one frame
+each per call::
+
+    runner = load_runner("models/bundled/default", backend="onnx")
+    a, b = runner.open(), runner.open()
+    res = runner.step([b, a], frames)      # frames [2, 2, H, W] float32, row i for slots[i]
+    res.out, res.counts, res.sops, res.energy_j   # [2, K], [2, L], [2], [2]
+    runner.reset(a); runner.close(b)       # a starts from rest again; b's slot is free for reuse
+
+Only the slots named in a call advance; a slot reused after :meth:`StepRunner.close` (or after
+:meth:`StepRunner.reset`) starts from rest (all state zero). The table doubles its capacity when
+every slot is taken. :class:`StepRunner` holds this bookkeeping once; a backend implements
+``_resize`` / ``_clear`` / ``_advance`` on its own storage:
+
+* :class:`TorchStepRunner`: state tensors ``[capacity, ...]`` on the CPU or a CUDA device, gathered
+  with ``index_select`` and written back with ``index_copy_``; BatchNorm folded; optional
+  ``torch.compile`` (CUDA graphs on a GPU), with batches padded to powers of two so that only a few
+  shapes are compiled.
+* :class:`OrtStepRunner`: ONNX Runtime on the bundle's step graph. On the CPU the state lives in
+  numpy arrays gathered with ``np.take`` into preallocated buffers, the outputs are bound to
+  preallocated buffers (IO binding) and scattered back with fancy indexing. With the CUDA execution
+  provider the state table is a set of torch CUDA tensors bound to the graph by pointer, so the
+  state never leaves the GPU.
+
+Calls are serialised by a lock; the service drives a runner from one worker thread.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+
+from models.instrument import EnergyModel
+from models.network import SpikingNet
+from models.runtime.bundle import Bundle, ModelCard, load_bundle
+
+Backend = Literal["torch", "onnx"]
+Device = Literal["cpu", "cuda", "auto"]
+
+
+class StepResult(NamedTuple):
+    """One row per stepped slot, in the order of the ``slots`` argument."""
+
+    out: np.ndarray  # [n, K] float32: output-layer spike rate per class at this step (0..1)
+    counts: np.ndarray  # [n, L] float32: spikes per layer at this step
+    sops: np.ndarray  # [n] float32: synaptic operations at this step
+    energy_j: np.ndarray  # [n] float32: energy proxy of this step (joules)
+    evaluated: np.ndarray | None = None  # [n] bool: the row is fresh (always True in step mode)
+
+
+class StepRunner:
+    """Slot table and the public interface shared by every backend (see the module docstring)."""
+
+    card: ModelCard
+    energy: EnergyModel
+    num_classes: int
+    layer_names: tuple[str, ...]
+    frame_shape: tuple[int, int, int]
+
+    def __init__(self, card: ModelCard, net: SpikingNet, capacity: int = 8) -> None:
+        self.card = card
+        self.energy = EnergyModel.from_network(net)
+        self.num_classes = net.cfg.num_classes
+        self.layer_names = tuple(net.layer_names)
+        self.frame_shape = (net.cfg.in_channels, *net.cfg.input_size)
+        self.state_names = tuple(net.state_names())
+        self.state_shapes = tuple(tuple(s) for s in net.state_shapes())
+        self._fanout = np.asarray(self.energy.fanout, dtype=np.float32)
+        self._e_fixed = np.float32(self.energy.e_mac_j * self.energy.first_layer_macs)
+        self._e_ac = np.float32(self.energy.e_ac_j)
+        self._lock = threading.RLock()
+        self._capacity = 0
+        self._is_open = np.zeros(0, dtype=bool)
+        self._free: list[int] = []
+        self._grow(max(1, int(capacity)))
+
+    # ---- slot table ------------------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def active_slots(self) -> int:
+        return int(self._is_open.sum())
+
+    def _grow(self, capacity: int) -> None:
+        old = self._capacity
+        self._resize(capacity)
+        self._is_open = np.concatenate([self._is_open, np.zeros(capacity - old, dtype=bool)])
+        for s in range(old, capacity):
+            heapq.heappush(self._free, s)
+        self._capacity = capacity
+
+    def open(self) -> int:
+        """A slot at rest for a new stream (the lowest free one); grows the table when full."""
+        with self._lock:
+            if not self._free:
+                self._grow(2 * self._capacity)
+            slot = heapq.heappop(self._free)
+            self._clear(np.array([slot], dtype=np.int64))
+            self._is_open[slot] = True
+            return slot
+
+    def _check(self, slot: int) -> int:
+        s = int(slot)
+        if not (0 <= s < self._capacity and self._is_open[s]):
+            raise KeyError(f"slot {slot} is not open")
+        return s
+
+    def reset(self, slot: int) -> None:
+        """Put an open slot back at rest (its stream continues from zero state)."""
+        with self._lock:
+            self._clear(np.array([self._check(slot)], dtype=np.int64))
+
+    def close(self, slot: int) -> None:
+        """Free a slot; its state is cleared, so whoever gets it next starts from rest."""
+        with self._lock:
+            s = self._check(slot)
+            self._clear(np.array([s], dtype=np.int64))
+            self._is_open[s] = False
+            heapq.heappush(self._free, s)
+
+    def step(self, slots: Sequence[int] | np.ndarray, frames: np.ndarray) -> StepResult:
+        """Advance each slot in ``slots`` by one timestep with ``frames[i]`` (``[n, 2, H, W]``)."""
+        idx = np.asarray(slots, dtype=np.int64).reshape(-1)
+        n = idx.shape[0]
+        x = np.ascontiguousarray(frames, dtype=np.float32)
+        if x.shape != (n, *self.frame_shape):
+            raise ValueError(f"frames must have shape {(n, *self.frame_shape)} for {n} slot(s), got {x.shape}")
+        with self._lock:
+            if n and (idx.min() < 0 or idx.max() >= self._capacity or not self._is_open[idx].all()):
+                bad = [int(s) for s in idx if not (0 <= s < self._capacity and self._is_open[s])]
+                raise KeyError(f"slot(s) {bad} are not open")
+            if n > 1 and np.unique(idx).shape[0] != n:
+                raise ValueError(f"a slot may appear once per step, got {idx.tolist()}")
+            if n == 0:
+                k, layers = self.num_classes, len(self.layer_names)
+                z = np.zeros(0, dtype=np.float32)
+                return StepResult(np.zeros((0, k), np.float32), np.zeros((0, layers), np.float32), z, z, z.astype(bool))
+            out, counts, evaluated = self._advance(idx, x)
+        sops = counts @ self._fanout
+        energy = self._e_fixed + self._e_ac * sops
+        return StepResult(out, counts, sops.astype(np.float32), energy.astype(np.float32), evaluated)
+
+    def bytes_per_stream(self) -> int:
+        """Device memory one slot's state takes (float32)."""
+        return 4 * sum(math.prod(s) for s in self.state_shapes)
+
+    # ---- backend hooks ---------------------------------------------------------------------------
+    def _resize(self, capacity: int) -> None:
+        """Grow the state storage to ``capacity`` slots, keeping the existing rows."""
+        raise NotImplementedError
+
+    def _clear(self, rows: np.ndarray) -> None:
+        """Zero the state of ``rows``."""
+        raise NotImplementedError
+
+    def _advance(self, rows: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Step ``rows`` with ``frames``; write their new state; return ``(out, counts, evaluated)``."""
+        raise NotImplementedError
+
+
+def _resolve_device(device: Device) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' asked for, but torch sees no CUDA device")
+    return device
+
+
+class TorchStepRunner(StepRunner):
+    """PyTorch backend (CPU or CUDA). ``compile=True`` wraps the step in ``torch.compile``."""
+
+    def __init__(
+        self, net: SpikingNet, card: ModelCard, device: Device = "auto", capacity: int = 8,
+        fold_bn: bool = True, compile: bool = False,
+    ) -> None:
+        from models.runtime.export import fold_batchnorm
+
+        self.device = torch.device(_resolve_device(device))
+        model = fold_batchnorm(net) if fold_bn else net.eval().requires_grad_(False)
+        self.net = model.to(self.device)
+        self._state: list[torch.Tensor] = []
+        self.compiled = compile
+        self._fn = self.net.step
+        if compile:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self._fn = torch.compile(self.net.step, mode=mode, dynamic=False)
+        super().__init__(card, net, capacity)
+
+    def _resize(self, capacity: int) -> None:
+        new = [torch.zeros(capacity + 1, *s, device=self.device) for s in self.state_shapes]  # +1: scratch row
+        for a, b in zip(new, self._state):
+            a[: b.shape[0] - 1].copy_(b[:-1])
+        self._state = new
+
+    def _clear(self, rows: np.ndarray) -> None:
+        ii = torch.from_numpy(rows).to(self.device)
+        for s in self._state:
+            s.index_fill_(0, ii, 0.0)
+
+    @torch.inference_mode()
+    def _advance(self, rows: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = rows.shape[0]
+        if self.compiled:  # pad to a power of two with the scratch row, so few shapes get compiled
+            m = 1 << (n - 1).bit_length()
+            if m != n:
+                rows = np.concatenate([rows, np.full(m - n, self._capacity, dtype=np.int64)])
+                frames = np.concatenate([frames, np.zeros((m - n, *frames.shape[1:]), np.float32)])
+        ii = torch.from_numpy(rows).to(self.device, non_blocking=True)
+        x = torch.from_numpy(frames).to(self.device, non_blocking=True)
+        state = [s.index_select(0, ii) for s in self._state]
+        o, new = self._fn(x, state)
+        for s, v in zip(self._state, new):
+            s.index_copy_(0, ii[:n], v[:n])
+        out = o.out[:n].float().cpu().numpy()
+        counts = o.counts[:n].float().cpu().numpy()
+        return out, counts, np.ones(n, dtype=bool)
+
+
+# ---- ONNX Runtime --------------------------------------------------------------------------------
+def ort_providers(device: Device = "auto") -> list[Any]:
+    """Execution providers, chosen deliberately: CUDA only when ONNX Runtime has it and a GPU is there
+    (or ``device="cuda"`` asks for it; then its absence is an error), the CPU otherwise."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    has_cuda_ep = "CUDAExecutionProvider" in available
+    if device == "cuda" and not has_cuda_ep:
+        raise RuntimeError(
+            f"device 'cuda' asked for, but this onnxruntime has only {available}; install onnxruntime-gpu"
+        )
+    if device == "cuda" or (device == "auto" and has_cuda_ep and torch.cuda.is_available()):
+        return [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def make_session(model: Path | str | bytes, device: Device = "auto", threads: int | None = None):
+    """An ``InferenceSession`` with the project's options: full graph optimisation, sequential
+    execution, ``threads`` intra-op threads (default: all cores), errors only in the log."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    src = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(src, so, providers=ort_providers(device))
+
+
+class OrtStepRunner(StepRunner):
+    """ONNX Runtime backend on a bundle's step graph (see the module docstring)."""
+
+    def __init__(
+        self, onnx_path: Path | str | bytes, card: ModelCard, net: SpikingNet, device: Device = "auto",
+        capacity: int = 8, threads: int | None = None,
+    ) -> None:
+        self.session = make_session(onnx_path, device, threads)
+        self.providers = self.session.get_providers()
+        self.on_cuda = self.providers[0] == "CUDAExecutionProvider"
+        self._gpu_tables = self.on_cuda and torch.cuda.is_available()
+        self._in_names = ["frames", *net.state_names()]
+        self._out_names = ["out", "counts", *(f"{n}.next" for n in net.state_names())]
+        self._binding = self.session.io_binding()
+        self._tables: list[Any] = []
+        self._buf_rows = 0
+        super().__init__(card, net, capacity)
+
+    # storage: numpy tables on the host, torch CUDA tensors when the graph runs on the GPU
+    def _resize(self, capacity: int) -> None:
+        if self._gpu_tables:
+            new = [torch.zeros(capacity, *s, device="cuda") for s in self.state_shapes]
+            for a, b in zip(new, self._tables):
+                a[: b.shape[0]].copy_(b)
+        else:
+            new = [np.zeros((capacity, *s), dtype=np.float32) for s in self.state_shapes]
+            for a, b in zip(new, self._tables):
+                a[: b.shape[0]] = b
+        self._tables = new
+        self._alloc_buffers(capacity)
+
+    def _alloc_buffers(self, rows: int) -> None:
+        """Contiguous per-call buffers for the gathered inputs and the outputs (``rows`` streams)."""
+        k, layers = self.num_classes, len(self.layer_names)
+        shapes = [(k,), (layers,), *self.state_shapes]
+        if self._gpu_tables:
+            self._ins = [torch.empty(rows, *s, device="cuda") for s in self.state_shapes]
+            self._outs = [torch.empty(rows, *s, device="cuda") for s in shapes]
+        else:
+            self._ins = [np.empty((rows, *s), dtype=np.float32) for s in self.state_shapes]
+            self._outs = [np.empty((rows, *s), dtype=np.float32) for s in shapes]
+        self._buf_rows = rows
+
+    def _clear(self, rows: np.ndarray) -> None:
+        if self._gpu_tables:
+            ii = torch.from_numpy(rows).cuda()
+            for t in self._tables:
+                t.index_fill_(0, ii, 0.0)
+        else:
+            for t in self._tables:
+                t[rows] = 0.0
+
+    def _advance(self, rows: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = rows.shape[0]
+        if n > self._buf_rows:
+            self._alloc_buffers(n)
+        if self._gpu_tables:
+            return self._advance_cuda(rows, frames)
+        b = self._binding
+        b.bind_cpu_input("frames", frames)
+        for name, table, buf in zip(self._in_names[1:], self._tables, self._ins):
+            view = buf[:n]
+            np.take(table, rows, axis=0, out=view)
+            b.bind_cpu_input(name, view)
+        for name, buf in zip(self._out_names, self._outs):
+            view = buf[:n]
+            b.bind_output(name, "cpu", 0, np.float32, view.shape, view.ctypes.data)
+        self.session.run_with_iobinding(b)
+        for table, buf in zip(self._tables, self._outs[2:]):
+            table[rows] = buf[:n]
+        return self._outs[0][:n].copy(), self._outs[1][:n].copy(), np.ones(n, dtype=bool)
+
+    def _advance_cuda(self, rows: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = rows.shape[0]
+        ii = torch.from_numpy(rows).cuda()
+        x = torch.from_numpy(frames).cuda()
+        for table, buf in zip(self._tables, self._ins):
+            torch.index_select(table, 0, ii, out=buf[:n])
+        torch.cuda.current_stream().synchronize()  # ORT runs on its own stream
+        b = self._binding
+        b.bind_input("frames", "cuda", 0, np.float32, tuple(x.shape), x.data_ptr())
+        for name, buf in zip(self._in_names[1:], self._ins):
+            v = buf[:n]
+            b.bind_input(name, "cuda", 0, np.float32, tuple(v.shape), v.data_ptr())
+        for name, buf in zip(self._out_names, self._outs):
+            v = buf[:n]
+            b.bind_output(name, "cuda", 0, np.float32, tuple(v.shape), v.data_ptr())
+        self.session.run_with_iobinding(b)
+        b.synchronize_outputs()
+        for table, buf in zip(self._tables, self._outs[2:]):
+            table.index_copy_(0, ii, buf[:n])
+        return self._outs[0][:n].cpu().numpy(), self._outs[1][:n].cpu().numpy(), np.ones(n, dtype=bool)
+
+
+# ---- loading -------------------------------------------------------------------------------------
+def load_runner(
+    bundle_dir: Path | str | Bundle, backend: Backend = "onnx", device: Device = "auto", **kw: Any
+) -> StepRunner:
+    """A runner for a bundle. Step-mode bundles give :class:`OrtStepRunner` / :class:`TorchStepRunner`;
+    window-mode bundles (paper ASA, SA) a :class:`~models.runtime.window.WindowRunner` with the same
+    interface. ``kw``: ``capacity``, ``threads`` (onnx), ``compile`` (torch), ``hop`` (window)."""
+    bundle = bundle_dir if isinstance(bundle_dir, Bundle) else load_bundle(bundle_dir, check_graph=backend == "onnx")
+    if backend not in ("torch", "onnx"):
+        raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+    if bundle.card.mode == "window":
+        from models.runtime.window import WindowRunner
+
+        return WindowRunner.from_bundle(bundle, backend, device, **kw)
+    capacity = kw.pop("capacity", 8)
+    if backend == "torch":
+        return TorchStepRunner(bundle.net, bundle.card, device, capacity, compile=kw.pop("compile", False))
+    return OrtStepRunner(bundle.onnx_path, bundle.card, bundle.net, device, capacity, threads=kw.pop("threads", None))
+
+
+__all__ = [
+    "Backend",
+    "Device",
+    "OrtStepRunner",
+    "StepResult",
+    "StepRunner",
+    "TorchStepRunner",
+    "load_runner",
+    "make_session",
+    "ort_providers",
+]

@@ -1,0 +1,240 @@
+"""Step runners (torch, ONNX Runtime) against the training forward, slot table semantics, CUDA variants.
+
+Agreement is counted, not asserted bit for bit: float32 across backends (and BatchNorm folding)
+may flip a spike whose membrane lies within an ulp of the threshold (DESIGN 5).
+"""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from models.runtime.export import add_spike_outputs
+from models.runtime.runner import (
+    OrtStepRunner,
+    StepRunner,
+    TorchStepRunner,
+    load_runner,
+    make_session,
+    ort_providers,
+)
+
+MIN_AGREEMENT = 0.9999
+BACKENDS = ("torch", "onnx")
+STEP_KINDS = ("tiny-none", "tiny-causal", "gesture3-causal")  # bundles of conftest.py
+
+
+class _Spikes:
+    wants_membrane = False
+
+    def __init__(self):
+        self.s = []
+
+    def __call__(self, layer, spikes, u):
+        self.s.append(spikes.numpy())
+
+
+def runner(bundle, backend, device="cpu", **kw):
+    """A runner with one ONNX Runtime thread (see conftest.py)."""
+    if backend == "onnx":
+        kw.setdefault("threads", 1)
+    return load_runner(bundle.path, backend, device, **kw)
+
+
+def _agreement(a, b) -> float:
+    eq = sum(int(np.count_nonzero(x == y)) for x, y in zip(a, b))
+    return eq / sum(x.size for x in a)
+
+
+def _run(runner: StepRunner, frames: np.ndarray):
+    """Step B fresh slots through frames [T, B, ...]; outputs [T, B, K], counts [T, B, L]."""
+    slots = [runner.open() for _ in range(frames.shape[1])]
+    res = [runner.step(slots, f) for f in frames]
+    for s in slots:
+        runner.close(s)
+    return np.stack([r.out for r in res]), np.stack([r.counts for r in res])
+
+
+@pytest.mark.parametrize("key", STEP_KINDS)
+def test_step_loops_agree_with_the_training_forward(bundles, frames_for, key):
+    b = bundles[key]
+    frames = frames_for(b, 20, 3, seed=1)
+    x = torch.from_numpy(frames)
+    # spikes of every layer: training forward, torch step loop, ONNX step loop (the shipped graph)
+    fwd = _Spikes()
+    with torch.no_grad():
+        ref = b.net(x, fwd)
+    names = b.net.state_names()
+    sess = make_session(add_spike_outputs(b.onnx_path.read_bytes(), b.net.layer_names), "cpu", 1)
+    spike_outs = [f"{n}.spikes" for n in b.net.layer_names]
+    st = b.net.init_state(3)
+    so = [s.numpy() for s in st]
+    step_spikes = [[] for _ in b.net.layer_names]
+    ort_spikes = [[] for _ in b.net.layer_names]
+    for t in range(frames.shape[0]):
+        p = _Spikes()
+        with torch.no_grad():
+            _, st = b.net.step(x[t], st, p)
+        res = sess.run([f"{n}.next" for n in names] + spike_outs, {"frames": frames[t], **dict(zip(names, so))})
+        so = res[: len(names)]
+        for i in range(len(b.net.layer_names)):
+            step_spikes[i].append(p.s[i][0])
+            ort_spikes[i].append(res[len(names) + i])
+    ref_spikes = fwd.s
+    step_spikes = [np.stack(s) for s in step_spikes]
+    ort_spikes = [np.stack(s) for s in ort_spikes]
+    assert all(s.sum() > 0 for s in ref_spikes), "a silent layer makes the comparison vacuous"
+    assert _agreement(ref_spikes, step_spikes) >= MIN_AGREEMENT
+    assert _agreement(ref_spikes, ort_spikes) >= MIN_AGREEMENT
+
+    # the public runners: out / counts per step against the training forward
+    for backend in BACKENDS:
+        out, counts = _run(runner(b, backend), frames)
+        assert np.mean(out == ref.out.numpy()) >= MIN_AGREEMENT, backend
+        total = ref.counts.sum().item()
+        assert np.abs(counts - ref.counts.numpy()).sum() <= 1e-4 * total, backend
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("key", ("tiny-causal", "gesture3-causal"))
+def test_interleaved_streams_match_streams_run_alone(bundles, frames_for, key, backend):
+    b = bundles[key]
+    rng = np.random.default_rng(7)
+    lengths = rng.integers(3, 14, size=8)
+    streams = [frames_for(b, int(n), 1, seed=10 + i)[:, 0] for i, n in enumerate(lengths)]
+
+    alone = []
+    solo = runner(b, backend)
+    for fr in streams:
+        s = solo.open()
+        alone.append([solo.step([s], f[None]) for f in fr])
+        solo.close(s)
+
+    mixed = runner(b, backend, capacity=2)  # grows while streams open
+    slot_of = {}
+    pos = [0] * 8
+    got: list[list] = [[] for _ in range(8)]
+    order = rng.permutation(8)
+    opened = 0
+    while any(pos[i] < lengths[i] for i in range(8)):
+        if opened < 8:  # streams join over time, in random order
+            for i in order[opened : opened + int(rng.integers(1, 4))]:
+                slot_of[int(i)] = mixed.open()
+            opened = len(slot_of)
+        live = [i for i in slot_of if pos[i] < lengths[i]]
+        pick = [i for i in rng.permutation(live) if rng.random() < 0.7] or live[:1]
+        frames = np.stack([streams[i][pos[i]] for i in pick])
+        res = mixed.step([slot_of[i] for i in pick], frames)
+        for row, i in enumerate(pick):
+            got[i].append((res.out[row], res.counts[row], res.sops[row]))
+            pos[i] += 1
+            if pos[i] == lengths[i]:
+                mixed.close(slot_of[i])
+    assert mixed.capacity >= 8 > 2
+    out_eq = total = 0
+    for i in range(8):
+        for (o, c, sops), ref in zip(got[i], alone[i]):
+            out_eq += int(np.count_nonzero(o == ref.out[0]))
+            total += o.size
+            np.testing.assert_allclose(c, ref.counts[0], atol=2)  # a flipped spike or two at most
+            assert sops == pytest.approx(ref.sops[0], rel=1e-2)
+    assert out_eq / total >= MIN_AGREEMENT
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reset_and_close_clear_state(bundles, frames_for, backend):
+    b = bundles["tiny-causal"]
+    r = runner(b, backend, capacity=4)
+    frames = frames_for(b, 6, 2, seed=3)
+    a, c = r.open(), r.open()
+    first = r.step([a], frames[0, :1])
+    for t in range(1, 6):  # build up state in both
+        r.step([a, c], frames[t])
+    r.reset(a)
+    again = r.step([a], frames[0, :1])
+    np.testing.assert_array_equal(again.out, first.out)
+    np.testing.assert_array_equal(again.counts, first.counts)
+
+    r.close(c)
+    tables = r._state if isinstance(r, TorchStepRunner) else r._tables
+    for t in tables:
+        assert not np.asarray(t[c].cpu() if isinstance(t, torch.Tensor) else t[c]).any()
+    c2 = r.open()
+    assert c2 == c  # the lowest free slot is reused ...
+    fresh = r.step([c2], frames[0, :1])
+    np.testing.assert_array_equal(fresh.counts, first.counts)  # ... and starts from rest
+    assert r.active_slots == 2
+
+
+def test_slot_errors(bundles):
+    r = runner(bundles["tiny-none"], "onnx")
+    s = r.open()
+    frame = np.zeros((1, *r.frame_shape), np.float32)
+    with pytest.raises(KeyError):
+        r.step([s + 1], frame)
+    with pytest.raises(ValueError):
+        r.step([s, s], np.zeros((2, *r.frame_shape), np.float32))
+    with pytest.raises(ValueError):
+        r.step([s], np.zeros((1, 2, 5, 5), np.float32))
+    r.close(s)
+    with pytest.raises(KeyError):
+        r.close(s)
+    with pytest.raises(KeyError):
+        r.reset(s)
+    empty = r.step([], np.zeros((0, *r.frame_shape), np.float32))
+    assert empty.out.shape == (0, r.num_classes)
+
+
+def test_outputs_sops_energy_and_memory(bundles, frames_for):
+    b = bundles["tiny-causal"]
+    r = runner(b, "onnx")
+    assert isinstance(r, OrtStepRunner) and r.providers == ["CPUExecutionProvider"]
+    assert r.num_classes == 5 and r.layer_names == ("conv1", "conv2", "conv3", "fc1", "fc2")
+    assert r.frame_shape == (2, 32, 32)
+    slots = [r.open() for _ in range(3)]
+    res = r.step(slots, frames_for(b, 1, 3)[0])
+    assert res.out.dtype == res.counts.dtype == res.sops.dtype == res.energy_j.dtype == np.float32
+    assert res.out.shape == (3, 5) and res.counts.shape == (3, 5) and res.evaluated.all()
+    e = r.energy
+    np.testing.assert_allclose(res.sops, res.counts @ np.asarray(e.fanout), rtol=1e-5)
+    np.testing.assert_allclose(res.energy_j, e.e_mac_j * e.first_layer_macs + e.e_ac_j * res.sops, rtol=1e-5)
+    # conv h: 8*32*32 + 16*16*16 + 16*8*8, fc h: 64 + 5; causal ASA: (8+1) + (16+1) + (16+1)
+    assert r.bytes_per_stream() == 4 * (8192 + 4096 + 1024 + 64 + 5 + 9 + 17 + 17)
+
+
+def test_provider_choice():
+    assert ort_providers("cpu") == ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert ort_providers("auto") == ["CPUExecutionProvider"]
+        with pytest.raises(RuntimeError, match="onnxruntime-gpu"):
+            ort_providers("cuda")
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cuda_runner_matches_cpu(bundles, frames_for, backend):
+    if backend == "onnx" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime without the CUDA execution provider")
+    b = bundles["tiny-causal"]
+    frames = frames_for(b, 12, 4, seed=5)
+    out_c, counts_c = _run(runner(b, backend), frames)
+    r = runner(b, backend, "cuda")
+    if backend == "onnx":
+        assert r.on_cuda
+    out_g, counts_g = _run(r, frames)
+    assert np.mean(out_c == out_g) >= MIN_AGREEMENT
+    assert np.abs(counts_c - counts_g).sum() <= 1e-4 * counts_c.sum()
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_compiled_torch_runner(bundles, frames_for):
+    b = bundles["tiny-none"]
+    frames = frames_for(b, 8, 3, seed=6)
+    out_c, _ = _run(runner(b, "torch"), frames)
+    out_g, _ = _run(runner(b, "torch", "cuda", compile=True), frames)
+    assert np.mean(out_c == out_g) >= MIN_AGREEMENT

@@ -1,0 +1,150 @@
+"""``asasnn export CHECKPOINT -o DIR``: write a verified model bundle (docs/bundle.md).
+
+CHECKPOINT is a training checkpoint (``.pt``), a run directory (its ``best.pt``, else ``last.pt``)
+or an existing bundle directory (re-export). The checkpoint contract, what this command reads from a
+file written by ``torch.save`` and loaded with ``torch.load(weights_only=True)``::
+
+    config    NetworkConfig.to_dict()
+    model     the network's state_dict
+    data      {classes: [names], sensor: [width, height] or {width, height}, ds, dt_us,
+               dataset (optional), timesteps (optional)}
+    metrics   {accuracy, nasfr, data, ...}   (optional; copied to the model card)
+    command, train_config                    (optional; copied to the model card)
+
+The graph is checked against the PyTorch network on random frames and on real ones (``--frames``
+or ``--events``, else synthetic gestures of the card's sensor); a bundle that disagrees is not
+written and the command exits with 1. ``--check DIR`` re-runs that check on a written bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="training checkpoint (.pt), run directory, or bundle directory")
+    parser.add_argument("-o", "--output", help="bundle directory to write")
+    parser.add_argument("--check", action="store_true", help="only verify CHECKPOINT, an existing bundle")
+    parser.add_argument("--name", help="model name on the card (default: the network preset's name)")
+    parser.add_argument("--version", default=None, help="model version on the card (default 0.1.0)")
+    parser.add_argument("--hop", type=int, default=None, help="window mode: evaluate every HOP steps (default T/4)")
+    parser.add_argument("--frames", help="real frames for the check: .npy / .npz array [T, (B,) 2, H, W]")
+    parser.add_argument("--events", help="real events for the check: a recording models.events can read")
+    parser.add_argument("--min-agreement", type=float, default=0.9999, help="spike agreement needed (0..1)")
+    parser.add_argument("--rate-tol", type=float, default=None, help="output-rate tolerance (default 1.5 / T)")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+
+
+def load_checkpoint(path: Path) -> tuple[Any, dict[str, Any]]:
+    """``(network in eval mode, checkpoint dict)`` from a checkpoint file or run directory."""
+    import torch
+
+    from models.config import NetworkConfig
+    from models.network import SpikingNet
+
+    if path.is_dir():
+        path = path / ("best.pt" if (path / "best.pt").exists() else "last.pt")
+    if not path.is_file():
+        raise ValueError(f"{path}: no such checkpoint file")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt zip, truncated file, a pickle with code in it, ...
+        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+    if not isinstance(ck, dict):
+        raise ValueError(f"{path}: a checkpoint must be a dict, got {type(ck).__name__}")
+    missing = [k for k in ("config", "model", "data") if k not in ck]
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks {missing} (see `asasnn export --help`)")
+    data = ck["data"]
+    if not isinstance(data, dict) or any(k not in data for k in ("classes", "sensor", "ds", "dt_us")):
+        raise ValueError(f"{path}: checkpoint 'data' must hold classes, sensor, ds and dt_us")
+    try:
+        net = SpikingNet(NetworkConfig.from_dict(ck["config"]))
+    except (TypeError, KeyError, ValueError) as err:
+        raise ValueError(f"{path}: 'config' is not a network configuration ({err})") from None
+    try:
+        net.load_state_dict(ck["model"], strict=True)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path}: weights do not match the network config: {' '.join(str(err).split())[:300]}") from None
+    return net.eval(), ck
+
+
+def _real_frames(args: argparse.Namespace, card: Any) -> Any:
+    import numpy as np
+
+    if args.frames:
+        arr = np.load(args.frames)
+        if hasattr(arr, "files"):  # npz: the first array
+            arr = arr[arr.files[0]]
+        return np.asarray(arr, dtype=np.float32)
+    if args.events:
+        from models.events import BinnerConfig, SensorSize, encode_events, read_events
+
+        events, _ = read_events(args.events)
+        sensor = SensorSize(card.sensor.width, card.sensor.height)
+        return encode_events(events, BinnerConfig(sensor, card.dt_us, card.ds), num_bins=card.timesteps)
+    return None
+
+
+def _print_report(rep: Any, out: Any = sys.stdout) -> None:
+    print(
+        f"  spike agreement {rep.spike_agreement:.6%} (need >= {rep.min_agreement:.4%}), "
+        f"max output difference {rep.max_out_diff:.3g}, output-rate difference {rep.max_rate_diff:.3g} "
+        f"(tol {rep.rate_tol:.3g}), max membrane difference {rep.max_state_diff:.3g}",
+        file=out,
+    )
+    rates = ", ".join(f"{r:.3f}" for r in rep.layer_rates)
+    print(f"  {rep.streams} streams x {rep.steps} steps on {', '.join(rep.frames)}; layer firing rates {rates}", file=out)
+
+
+def run(args: argparse.Namespace) -> int:
+    from models.runtime.bundle import BundleError, load_bundle
+    from models.runtime.export import VerificationError, build_card, export_bundle, verify_bundle
+
+    src = Path(args.checkpoint)
+    is_bundle = src.is_dir() and (src / "card.json").exists()
+    try:
+        if args.check:
+            if not is_bundle:
+                print(f"asasnn export: --check needs a bundle directory, got {src}", file=sys.stderr)
+                return 2
+            card = load_bundle(src, check_graph=False).card
+            rep = verify_bundle(src, _real_frames(args, card), args.min_agreement, args.rate_tol)
+            print(f"{src}: {'verified' if rep.passed else 'FAILED verification'}")
+            _print_report(rep)
+            return 0 if rep.passed else 1
+        if not args.output:
+            print("asasnn export: -o/--output is required", file=sys.stderr)
+            return 2
+        if is_bundle:
+            b = load_bundle(src, check_graph=False)
+            net, card = b.net, b.card
+            update = {k: v for k, v in (("name", args.name), ("version", args.version), ("hop", args.hop)) if v}
+            card = card.model_copy(update=update | {"onnx": None, "verification": None})
+            card = type(card).model_validate(card.model_dump())
+        else:
+            net, ck = load_checkpoint(src)
+            data = ck["data"]
+            card = build_card(
+                net, classes=data["classes"], sensor=data["sensor"], ds=int(data["ds"]), dt_us=int(data["dt_us"]),
+                name=args.name, version=args.version or "0.1.0", hop=args.hop, metrics=ck.get("metrics") or {},
+                dataset=data.get("dataset"), command=ck.get("command"), train_config=ck.get("train_config"),
+            )
+        card = export_bundle(
+            net, card, args.output, real_frames=_real_frames(args, card), min_agreement=args.min_agreement,
+            rate_tol=args.rate_tol, overwrite=args.force,
+        )
+    except VerificationError as err:
+        print(f"asasnn export: refusing to write {args.output}: {err}", file=sys.stderr)
+        _print_report(err.report, sys.stderr)
+        return 1
+    except (BundleError, ValueError, FileExistsError, OSError) as err:
+        print(f"asasnn export: {err}", file=sys.stderr)
+        return 2
+    assert card.verification is not None
+    print(f"wrote {args.output} ({card.mode} mode, {card.name} {card.version}, attention {card.attention})")
+    _print_report(card.verification)
+    return 0
