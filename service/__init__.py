@@ -7,7 +7,7 @@ Layers: routes (``service.api``) -> sessions (``service.session``) -> engine and
 
 from service.config import Settings, load_settings
 
-__all__ = ["Settings", "load_settings", "create_app"]
+__all__ = ["Settings", "create_app", "load_settings"]
 
 
 def __getattr__(name: str):  # create_app pulls in FastAPI; import it only when asked for

@@ -22,26 +22,58 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-dir", help="a bundle, or a directory of bundles (default: models/bundled)")
     p.add_argument("--model", dest="default_model", help="name of the default model in --model-dir")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="where the models run (default auto)")
-    p.add_argument("--backend", choices=["auto", "torch", "onnx"],
-                   help="step runner backend (default auto: ONNX Runtime when the bundle has its graph)")
-    p.add_argument("--api-key", dest="api_keys", action="append", metavar="KEY",
-                   help="accept this API key (repeatable); without any, no key is asked for")
+    p.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnx"],
+        help="step runner backend (default auto: ONNX Runtime when the bundle has its graph)",
+    )
+    p.add_argument(
+        "--api-key",
+        dest="api_keys",
+        action="append",
+        metavar="KEY",
+        help="accept this API key (repeatable); without any, no key is asked for",
+    )
     p.add_argument("--max-sessions", type=int, help="concurrent WebSocket sessions (default 64)")
     p.add_argument("--max-batch", type=int, help="most streams per model call (default 64)")
     p.add_argument("--max-packet-bytes", type=int, help="largest binary event packet (default 4 MiB)")
     p.add_argument("--max-events-per-second", type=float, help="per-session event rate limit (default 5e6)")
-    p.add_argument("--idle-timeout", dest="idle_timeout_s", type=float, help="seconds without a message (default 60)")
-    p.add_argument("--max-queue-steps", type=int, help="timesteps waiting per session before backpressure (default 64)")
-    p.add_argument("--backpressure", choices=["block", "drop"], help="full queue: stop reading (block) or refuse packets")
-    p.add_argument("--max-upload-bytes", type=int, help="largest recording for POST /v1/classify (default 64 MiB)")
-    p.add_argument("--environment", choices=["development", "production"], help="production requires API keys")
+    p.add_argument(
+        "--idle-timeout", dest="idle_timeout_s", type=float, help="seconds without a message (default 60)"
+    )
+    p.add_argument(
+        "--max-queue-steps", type=int, help="timesteps waiting per session before backpressure (default 64)"
+    )
+    p.add_argument(
+        "--backpressure", choices=["block", "drop"], help="full queue: stop reading (block) or refuse packets"
+    )
+    p.add_argument(
+        "--max-upload-bytes", type=int, help="largest recording for POST /v1/classify (default 64 MiB)"
+    )
+    p.add_argument(
+        "--environment", choices=["development", "production"], help="production requires API keys"
+    )
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
 
 
 _FIELDS = (
-    "host", "port", "model_dir", "default_model", "device", "backend", "api_keys", "max_sessions", "max_batch",
-    "max_packet_bytes", "max_events_per_second", "idle_timeout_s", "max_queue_steps", "backpressure",
-    "max_upload_bytes", "environment", "log_level",
+    "host",
+    "port",
+    "model_dir",
+    "default_model",
+    "device",
+    "backend",
+    "api_keys",
+    "max_sessions",
+    "max_batch",
+    "max_packet_bytes",
+    "max_events_per_second",
+    "idle_timeout_s",
+    "max_queue_steps",
+    "backpressure",
+    "max_upload_bytes",
+    "environment",
+    "log_level",
 )
 
 
@@ -63,10 +95,16 @@ def run(args: argparse.Namespace) -> int:
 
     from service.main import create_app
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     app = create_app(settings)
     uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level,
-        ws_max_size=settings.ws_max_size, ws_per_message_deflate=False,
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws_max_size=settings.ws_max_size,
+        ws_per_message_deflate=False,
     )
     return 0

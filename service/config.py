@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextvars
 import json
 import os
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import tomllib
 import yaml
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -118,7 +118,8 @@ def read_settings_file(path: Path) -> dict[str, Any]:
     else:
         raise ValueError(f"settings file {path}: use .toml, .json or .yaml, not {path.suffix!r}")
     if not isinstance(data, dict):
-        raise ValueError(f"settings file {path} must hold a table of settings")
+        # a file of the wrong shape is a bad value to the settings loader, hence ValueError
+        raise ValueError(f"settings file {path} must hold a table of settings")  # noqa: TRY004
     if isinstance(data.get("asasnn"), dict):
         data = data["asasnn"]
     return data

@@ -171,12 +171,23 @@ class Engine:
         self.batches += 1
         results = w.scheduler.update_from_output(sched, output)
         m.observe_batch(
-            w.name, w.layers, w.neurons, output.counts, float(output.sops.sum()), float(output.energy_j.sum()), output.step_s
+            w.name,
+            w.layers,
+            w.neurons,
+            output.counts,
+            float(output.sops.sum()),
+            float(output.energy_j.sum()),
+            output.step_s,
         )
         for r in results:
             consumer = sessions.get(r.request.session_id)
-            if consumer is not None:
+            if consumer is None:
+                continue
+            try:
                 consumer.on_step(r)
+            except Exception as e:  # one session's bug ends that session, not the loop
+                log.exception("session %s: result handling failed", r.request.session_id)
+                consumer.on_failure("internal", f"result handling failed: {type(e).__name__}: {e}")
         for sid in {s.request.session_id for s in sched.steps}:
             consumer = sessions.get(sid)
             if consumer is not None:

@@ -67,7 +67,9 @@ class UploadLimit:
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers", [])).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            return await _send_413(send, f"request body of {int(length)} bytes exceeds the limit of {limit} bytes")
+            return await _send_413(
+                send, f"request body of {int(length)} bytes exceeds the limit of {limit} bytes"
+            )
         seen = 0
 
         async def counted() -> Message:
@@ -77,7 +79,11 @@ class UploadLimit:
                 seen += len(msg.get("body", b""))
                 if seen > limit:
                     raise HTTPException(
-                        413, detail={"code": "upload_too_large", "message": f"request body exceeds the limit of {limit} bytes"}
+                        413,
+                        detail={
+                            "code": "upload_too_large",
+                            "message": f"request body exceeds the limit of {limit} bytes",
+                        },
                     )
             return msg
 
@@ -86,10 +92,13 @@ class UploadLimit:
 
 async def _send_413(send: Send, message: str) -> None:
     body = json.dumps({"detail": {"code": "upload_too_large", "message": message}}).encode()
-    await send({
-        "type": "http.response.start", "status": 413,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

@@ -95,7 +95,9 @@ def _load_object(text: str) -> dict[str, Any]:
     if not isinstance(kind, str):
         raise ProtocolError("bad_message", "text message needs a string field 'type'")
     if kind not in CLIENT_TYPES:
-        raise ProtocolError("unknown_type", f"unknown message type {kind!r}; expected one of {list(CLIENT_TYPES)}")
+        raise ProtocolError(
+            "unknown_type", f"unknown message type {kind!r}; expected one of {list(CLIENT_TYPES)}"
+        )
     return obj
 
 
@@ -114,7 +116,9 @@ def parse_start(text: str) -> StartMessage:
     except ProtocolError as e:
         raise ProtocolError(e.code, e.message, fatal=True) from None
     if obj["type"] != "start":
-        raise ProtocolError("not_started", f"the first message must be 'start', got {obj['type']!r}", fatal=True)
+        raise ProtocolError(
+            "not_started", f"the first message must be 'start', got {obj['type']!r}", fatal=True
+        )
     version = obj.get("version", PROTOCOL_VERSION)
     if version != PROTOCOL_VERSION:
         raise ProtocolError(

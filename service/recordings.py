@@ -28,7 +28,14 @@ from service.engine import Engine, ModelWorker
 from service.session import Session, SessionConfig
 
 FORMATS = ("aedat4", "npy", "npz", "wire")
-_SUFFIX = {".aedat4": "aedat4", ".npy": "npy", ".npz": "npz", ".evt": "wire", ".bin": "wire", ".events": "wire"}
+_SUFFIX = {
+    ".aedat4": "aedat4",
+    ".npy": "npy",
+    ".npz": "npz",
+    ".evt": "wire",
+    ".bin": "wire",
+    ".events": "wire",
+}
 
 
 class RecordingError(ValueError):
@@ -61,7 +68,9 @@ def sniff_format(head: bytes, filename: str | None, declared: str | None = None)
     )
 
 
-def decode_recording(path: str, filename: str | None, declared: str | None = None) -> tuple[np.ndarray, SensorSize | None]:
+def decode_recording(
+    path: str, filename: str | None, declared: str | None = None
+) -> tuple[np.ndarray, SensorSize | None]:
     """Events (and the sensor size when the file holds one) of an uploaded file at ``path``."""
     with open(path, "rb") as f:
         head = f.read(16)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 Loader = Callable[..., Any]
 
@@ -59,7 +60,9 @@ class ModelRegistry:
     entries: dict[str, ModelEntry] = field(default_factory=dict)
 
     @classmethod
-    def scan(cls, model_dir: Path, default: str | None = None, backend: str = "auto", device: str = "auto") -> ModelRegistry:
+    def scan(
+        cls, model_dir: Path, default: str | None = None, backend: str = "auto", device: str = "auto"
+    ) -> ModelRegistry:
         """Find the bundles (nothing is loaded yet). Raises :class:`NoModels` with a how-to-fix message."""
         root = Path(model_dir).expanduser()
         if not root.is_dir():
@@ -74,7 +77,9 @@ class ModelRegistry:
                     continue
                 real = d.resolve()
                 if not real.is_relative_to(root):
-                    log.warning("model %s: %s points outside the model directory %s; not served", d.name, real, root)
+                    log.warning(
+                        "model %s: %s points outside the model directory %s; not served", d.name, real, root
+                    )
                     continue
                 if is_bundle(real):
                     reg.entries[d.name] = ModelEntry(d.name, real)
@@ -85,7 +90,7 @@ class ModelRegistry:
                 raise NoModels(f"default model {default!r} not found in {root}; found {sorted(reg.entries)}")
             reg.default_name = default
         else:
-            reg.default_name = "default" if "default" in reg.entries else sorted(reg.entries)[0]
+            reg.default_name = "default" if "default" in reg.entries else min(reg.entries)
         return reg
 
     def load_all(self, loader: Loader | None = None) -> None:
@@ -102,7 +107,7 @@ class ModelRegistry:
             try:
                 e.backend = resolve_backend(self.backend, e.path)
                 e.runner = loader(e.path, backend=e.backend, device=self.device)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one broken bundle must not hide the others
                 e.error = f"{type(exc).__name__}: {exc}"
                 log.error("model %s: cannot load %s: %s", e.name, e.path, e.error)
 
@@ -138,6 +143,6 @@ def _safe_name(name: str) -> str:
 def _missing_message(root: Path) -> str:
     return (
         f"no model bundle found in {root}. The server needs a bundle (model card + weights): train and export "
-        "one (`asasnn train ...` then `asasnn export ... --out models/bundled/default`), or point "
+        "one (`asasnn train ...` then `asasnn export CHECKPOINT --output models/bundled/default`), or point "
         "--model-dir / ASASNN_MODEL_DIR at a bundle or a directory of bundles"
     )

@@ -192,8 +192,14 @@ class Scheduler:
                 continue
             results.append(
                 StepOutput(
-                    req, output.out[i], output.counts[i], float(output.sops[i]), float(output.energy_j[i]),
-                    output.step_s, n, True if output.evaluated is None else bool(output.evaluated[i]),
+                    req,
+                    output.out[i],
+                    output.counts[i],
+                    float(output.sops[i]),
+                    float(output.energy_j[i]),
+                    output.step_s,
+                    n,
+                    True if output.evaluated is None else bool(output.evaluated[i]),
                 )
             )
         return results

@@ -31,6 +31,7 @@ from models.events.types import EventError, validate_events
 from models.runtime.readout import Readout
 from service.engine import Engine, ModelWorker
 from service.protocol import ProtocolError
+from service.results import Totals, prediction_message
 from service.scheduler import StepOutput, StepRequest
 from service.schemas import OutputOptions, ReadoutOptions
 from service.telemetry import Metrics
@@ -62,7 +63,13 @@ class Session:
     ``keep_steps=True`` keeps every step's probabilities in ``step_log`` (REST ``include_steps``)."""
 
     def __init__(
-        self, engine: Engine, worker: ModelWorker, cfg: SessionConfig, *, stream: bool = True, keep_steps: bool = False
+        self,
+        engine: Engine,
+        worker: ModelWorker,
+        cfg: SessionConfig,
+        *,
+        stream: bool = True,
+        keep_steps: bool = False,
     ) -> None:
         self.id = uuid.uuid4().hex
         self.engine, self.worker, self.cfg = engine, worker, cfg
@@ -88,13 +95,9 @@ class Session:
             len(self.classes), ro.mode, ro.horizon or int(self.worker.runner.card.timesteps), ro.alpha or 0.1
         )
         self.next_index = 0
-        self.steps = 0
         self.events = 0
         self.first_t: int | None = None
-        self.counts = np.zeros(len(self.worker.layers), dtype=np.float64)
-        self.sops = 0.0
-        self.energy_j = 0.0
-        self.probabilities: np.ndarray | None = None
+        self.totals = Totals(self.worker.layers, np.asarray(self.worker.neurons, dtype=np.float64))
         self.step_log: list[dict[str, Any]] = []
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -128,7 +131,8 @@ class Session:
         self._tokens_at = now
         if n > self._tokens:
             raise self._reject(
-                "rate_limited", n,
+                "rate_limited",
+                n,
                 f"packet of {n} events refused: this session may send {lim.max_events_per_second:.0f} events/s "
                 f"(bursts up to {cap:.0f}); {int(self._tokens)} available now",
             )
@@ -149,7 +153,8 @@ class Session:
         if lim.backpressure == "drop" and sched.queue_len(self.id) >= lim.max_queue_steps:
             self.metrics.backpressure.labels(self.model, "drop").inc()
             raise self._reject(
-                "overloaded", n,
+                "overloaded",
+                n,
                 f"packet of {n} events dropped: {sched.queue_len(self.id)} timesteps are already waiting "
                 f"(limit {lim.max_queue_steps}); send slower or at real-time speed",
             )
@@ -190,11 +195,14 @@ class Session:
         if b.dropped_events > dropped0:
             n_late = b.dropped_events - dropped0
             self.metrics.events_dropped.labels(self.model, "late").inc(n_late)
-            self.emit({
-                "type": "warning", "code": "late_events",
-                "message": f"{n_late} event(s) fell before the open timestep at {start} us (already flushed "
-                f"or advanced past) and were not counted",
-            })
+            self.emit(
+                {
+                    "type": "warning",
+                    "code": "late_events",
+                    "message": f"{n_late} event(s) fell before the open timestep at {start} us (already flushed "
+                    f"or advanced past) and were not counted",
+                }
+            )
 
     async def _advance(self, t_us: int) -> None:
         b = self.binner
@@ -206,13 +214,16 @@ class Session:
         if skipped:
             self.metrics.skipped_steps.labels(self.model).inc(skipped)
             dt = self.cfg.binner.dt_us
-            self.emit({
-                "type": "warning", "code": "time_gap",
-                "message": f"stream time jumped {(len(frames) + skipped) * dt / 1e6:.3f} s without events; "
-                f"{len(frames)} timestep(s) run, {skipped} empty timestep(s) skipped (gap cap "
-                f"{self.cfg.binner.max_gap_bins})",
-                "skipped_steps": skipped,
-            })
+            self.emit(
+                {
+                    "type": "warning",
+                    "code": "time_gap",
+                    "message": f"stream time jumped {(len(frames) + skipped) * dt / 1e6:.3f} s without events; "
+                    f"{len(frames)} timestep(s) run, {skipped} empty timestep(s) skipped (gap cap "
+                    f"{self.cfg.binner.max_gap_bins})",
+                    "skipped_steps": skipped,
+                }
+            )
 
     async def advance(self, t_us: int) -> None:
         """The stream promises no events before ``t_us``: complete every bin that ends by then."""
@@ -233,7 +244,9 @@ class Session:
         for i in range(frames.shape[0]):
             await self._wait_room()
             epoch = sched.epoch(self.id)
-            sched.enqueue(StepRequest(self.id, epoch, self.next_index, first_t + i * dt, frames[i], time.perf_counter()))
+            sched.enqueue(
+                StepRequest(self.id, epoch, self.next_index, first_t + i * dt, frames[i], time.perf_counter())
+            )
             self.next_index += 1
             self._drained.clear()
             self.engine.notify()
@@ -246,11 +259,14 @@ class Session:
         self.metrics.backpressure.labels(self.model, "wait").inc()
         if not self._warned_backpressure:
             self._warned_backpressure = True
-            self.emit({
-                "type": "warning", "code": "backpressure",
-                "message": f"{sched.queue_len(self.id)} timesteps waiting (limit {lim.max_queue_steps}): the server "
-                "stops reading this session until they have run; stream at real-time speed to avoid it",
-            })
+            self.emit(
+                {
+                    "type": "warning",
+                    "code": "backpressure",
+                    "message": f"{sched.queue_len(self.id)} timesteps waiting (limit {lim.max_queue_steps}): the server "
+                    "stops reading this session until they have run; stream at real-time speed to avoid it",
+                }
+            )
         t0 = time.perf_counter()
         try:
             while sched.queue_len(self.id) >= lim.max_queue_steps:
@@ -290,7 +306,7 @@ class Session:
         assert self.slot is not None
         self._new_epoch()  # before the await: nothing of the old epoch can be counted after this
         dropped = await self.engine.reset(self.model, self.id, self.slot)
-        self._drained.set() if self.worker.scheduler.queue_len(self.id) == 0 else None
+        self._drained.set()  # the step in flight (if any) ran before the runner's reset returned
         self.emit({"type": "reset", "dropped_steps": dropped})
         return dropped
 
@@ -312,67 +328,46 @@ class Session:
     def on_failure(self, code: str, message: str) -> None:
         self.failed = ProtocolError(code, message, fatal=True)
         self.emit(self.failed.to_message())
+        self.abort()
+
+    def abort(self) -> None:
+        """Wake every wait of this session (it is ending: failure, or the client went away)."""
+        self.failed = self.failed or ProtocolError("disconnected", "the client went away", fatal=True)
         self._room.set()
         self._drained.set()
 
     def on_step(self, r: StepOutput) -> None:
         # window models: a row is fresh only when the window was evaluated; else keep the last prediction
-        probs = (self.readout.update(r.out) if r.evaluated else self.readout.prediction()).probs
-        self.probabilities = probs
-        self.steps += 1
-        self.counts += r.counts
-        self.sops += r.sops
-        self.energy_j += r.energy_j
-        k = int(np.argmax(probs))
-        label = self.classes[k]
-        req = r.request
-        dt = self.cfg.binner.dt_us
+        pred = self.readout.update(r.out) if r.evaluated else self.readout.prediction()
+        self.totals.add(r, pred.probs, pred.label)
+        req, dt = r.request, self.cfg.binner.dt_us
         if self.keep_steps:
-            self.step_log.append({
-                "step": req.index, "t_start_us": req.t_start_us, "t_end_us": req.t_start_us + dt,
-                "label": label, "probabilities": probs.tolist(),
-            })
-        if not self.stream:
-            return
-        self.metrics.predictions.labels(self.model, label).inc()
-        opts = self.cfg.output
-        top = np.argsort(-probs, kind="stable")[: opts.top_k]
-        now = time.perf_counter()
-        msg: dict[str, Any] = {
-            "type": "prediction", "step": req.index, "t_start_us": req.t_start_us, "t_end_us": req.t_start_us + dt,
-            "label": label, "label_index": k,
-            "top_k": [{"label": self.classes[i], "p": float(probs[i])} for i in top],
-        }
-        if opts.probabilities:
-            msg["probabilities"] = probs.tolist()
-        rates = r.counts / np.asarray(self.worker.neurons, dtype=np.float64)
-        if opts.layer_rates:
-            msg["layer_rates"] = dict(zip(self.worker.layers, rates.tolist()))
-        msg.update({
-            "nasfr": float(r.counts.sum() / sum(self.worker.neurons)), "spikes": int(r.counts.sum()),
-            "sops": r.sops, "energy_j": r.energy_j, "evaluated": r.evaluated, "batch_size": r.batch_size,
-            "latency_ms": {"step": r.step_s * 1e3, "total": (now - req.ready_at) * 1e3},
-        })
-        self.emit(msg, req.ready_at)
+            self.step_log.append(
+                {
+                    "step": req.index,
+                    "t_start_us": req.t_start_us,
+                    "t_end_us": req.t_start_us + dt,
+                    "label": self.classes[pred.label],
+                    "probabilities": pred.probs.tolist(),
+                }
+            )
+        if self.stream:
+            self.metrics.predictions.labels(self.model, self.classes[pred.label]).inc()
+            w = self.worker
+            neurons = np.asarray(w.neurons, dtype=np.float64)
+            msg = prediction_message(
+                r, pred.probs, pred.label, self.classes, w.layers, neurons, self.cfg.output, dt
+            )
+            self.emit(msg, req.ready_at)
 
     def summary(self) -> dict[str, Any]:
         """Totals since the start (or the last reset): the ``end`` message and the REST result."""
-        steps = max(self.steps, 1)
-        neurons = np.asarray(self.worker.neurons, dtype=np.float64)
-        probs = self.probabilities
-        if probs is None:
-            label, k, plist, top = None, None, [], []
-        else:
-            k = int(np.argmax(probs))
-            label, plist = self.classes[k], probs.tolist()
-            top = [{"label": self.classes[i], "p": float(probs[i])} for i in np.argsort(-probs, kind="stable")[: self.cfg.output.top_k]]
         b = self.binner
         return {
-            "model": self.model, "label": label, "label_index": k, "probabilities": plist, "top_k": top,
-            "steps": self.steps, "events": self.events,
+            "model": self.model,
+            **self.totals.summary(self.classes, self.cfg.output.top_k),
+            "events": self.events,
             "duration_us": 0 if self.first_t is None or b.last_t is None else b.last_t - self.first_t,
-            "skipped_steps": b.skipped_bins, "late_events": b.dropped_events,
-            "layer_rates": dict(zip(self.worker.layers, (self.counts / neurons / steps).tolist())),
-            "nasfr": float(self.counts.sum() / neurons.sum() / steps), "spikes": int(self.counts.sum()),
-            "sops": self.sops, "energy_j": self.energy_j,
+            "skipped_steps": b.skipped_bins,
+            "late_events": b.dropped_events,
         }

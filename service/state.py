@@ -49,7 +49,7 @@ class ServiceState:
         assert self.registry is not None and self.engine is not None
         try:
             await self.engine.call(self.registry.load_all, self.loader)
-        except Exception as e:  # pragma: no cover - load_all keeps per-model errors itself
+        except Exception as e:  # noqa: BLE001 - reported by /readyz instead of killing the app
             self.load_error = f"{type(e).__name__}: {e}"
             return
         for e in self.registry.entries.values():
@@ -58,8 +58,12 @@ class ServiceState:
             r = e.runner
             self.engine.add_worker(ModelWorker(e.name, r, Scheduler(self.settings.max_batch)))
             self.metrics.register_model(
-                e.name, str(r.card.version), e.backend, runner_device(r),
-                tuple(r.layer_names), tuple(int(n) for n in r.energy.neurons),
+                e.name,
+                str(r.card.version),
+                e.backend,
+                runner_device(r),
+                tuple(r.layer_names),
+                tuple(int(n) for n in r.energy.neurons),
             )
         default = self.registry.get(None)
         if default.runner is None:
@@ -84,11 +88,21 @@ class ServiceState:
         r = entry.runner
         card = r.card
         return ModelSummary(
-            name=entry.name, version=str(card.version), default=entry.name == self.registry.default_name,
-            classes=list(card.classes), sensor=SensorSpec(width=card.sensor.width, height=card.sensor.height),
-            ds=int(card.ds), dt_us=int(card.dt_us), mode=str(card.mode), timesteps=int(card.timesteps),
-            frame_shape=[int(x) for x in r.frame_shape], layers=list(r.layer_names), backend=entry.backend,
-            device=runner_device(r), streaming=True, hop=int(getattr(r, "hop", 1)),
+            name=entry.name,
+            version=str(card.version),
+            default=entry.name == self.registry.default_name,
+            classes=list(card.classes),
+            sensor=SensorSpec(width=card.sensor.width, height=card.sensor.height),
+            ds=int(card.ds),
+            dt_us=int(card.dt_us),
+            mode=str(card.mode),
+            timesteps=int(card.timesteps),
+            frame_shape=[int(x) for x in r.frame_shape],
+            layers=list(r.layer_names),
+            backend=entry.backend,
+            device=runner_device(r),
+            streaming=True,
+            hop=int(getattr(r, "hop", 1)),
         )
 
     def session_config(
@@ -111,7 +125,11 @@ class ServiceState:
         sensor = sensor or SensorSpec(width=card.sensor.width, height=card.sensor.height)
         ds = ds or int(card.ds)
         bcfg = BinnerConfig(
-            SensorSize(sensor.width, sensor.height), dt_us or int(card.dt_us), ds, binner_mode(card), s.max_gap_steps
+            SensorSize(sensor.width, sensor.height),
+            dt_us or int(card.dt_us),
+            ds,
+            binner_mode(card),
+            s.max_gap_steps,
         )
         want = tuple(int(x) for x in entry.runner.frame_shape)
         if tuple(bcfg.frame_shape) != want:
@@ -129,10 +147,12 @@ class ServiceState:
         if output.top_k > n_classes:
             output = output.model_copy(update={"top_k": n_classes})
         limits = SessionLimits(
-            max_queue_steps=s.max_queue_steps, max_outbox=s.max_outbox,
+            max_queue_steps=s.max_queue_steps,
+            max_outbox=s.max_outbox,
             backpressure=s.backpressure if live else "block",
             max_events_per_second=s.max_events_per_second if live else None,
-            rate_burst_s=s.rate_burst_s, stall_timeout_s=s.idle_timeout_s,
+            rate_burst_s=s.rate_burst_s,
+            stall_timeout_s=s.idle_timeout_s,
         )
         return SessionConfig(bcfg, t_start_us, readout or default_readout(card), output, limits)
 

@@ -15,7 +15,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 RATE_EMA = 0.01  # weight of the newest step in the live spike-rate gauges (~100 steps)
 
-__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 
 class Metrics:
@@ -24,76 +24,158 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         m = ["model"]
-        self.model_info = Gauge("asasnn_model_info", "Served model (value 1)", [*m, "version", "backend", "device"], registry=r)
-        self.layer_neurons = Gauge("asasnn_layer_neurons", "Neurons per spiking layer", [*m, "layer"], registry=r)
+        self.model_info = Gauge(
+            "asasnn_model_info", "Served model (value 1)", [*m, "version", "backend", "device"], registry=r
+        )
+        self.layer_neurons = Gauge(
+            "asasnn_layer_neurons", "Neurons per spiking layer", [*m, "layer"], registry=r
+        )
         # input
-        self.events_received = Counter("asasnn_events_received_total", "Events accepted from clients", m, registry=r)
+        self.events_received = Counter(
+            "asasnn_events_received_total", "Events accepted from clients", m, registry=r
+        )
         self.events_rejected = Counter(
-            "asasnn_events_rejected_total", "Events in packets refused with an error message", [*m, "reason"], registry=r
+            "asasnn_events_rejected_total",
+            "Events in packets refused with an error message",
+            [*m, "reason"],
+            registry=r,
         )
         self.events_dropped = Counter(
-            "asasnn_events_dropped_total", "Accepted events that fell into no timestep (late events)", [*m, "reason"], registry=r
+            "asasnn_events_dropped_total",
+            "Accepted events that fell into no timestep (late events)",
+            [*m, "reason"],
+            registry=r,
         )
         self.messages_rejected = Counter(
-            "asasnn_messages_rejected_total", "Client messages refused with an error message", [*m, "reason"], registry=r
+            "asasnn_messages_rejected_total",
+            "Client messages refused with an error message",
+            [*m, "reason"],
+            registry=r,
         )
-        self.packets_received = Counter("asasnn_packets_received_total", "Binary event packets accepted", m, registry=r)
+        self.packets_received = Counter(
+            "asasnn_packets_received_total", "Binary event packets accepted", m, registry=r
+        )
         # sessions
-        self.sessions_started = Counter("asasnn_sessions_started_total", "Streaming sessions started", m, registry=r)
-        self.sessions_rejected = Counter(
-            "asasnn_sessions_rejected_total", "WebSocket sessions refused before they started", ["reason"], registry=r
+        self.sessions_started = Counter(
+            "asasnn_sessions_started_total", "Streaming sessions started", m, registry=r
         )
-        self.active_sessions = Gauge("asasnn_active_sessions", "Sessions holding a state slot (streams and recordings)", m, registry=r)
-        self.queue_depth = Gauge("asasnn_queue_depth", "Timesteps waiting for the model, all sessions", m, registry=r)
+        self.sessions_rejected = Counter(
+            "asasnn_sessions_rejected_total",
+            "WebSocket sessions refused before they started",
+            ["reason"],
+            registry=r,
+        )
+        self.active_sessions = Gauge(
+            "asasnn_active_sessions", "Sessions holding a state slot (streams and recordings)", m, registry=r
+        )
+        self.queue_depth = Gauge(
+            "asasnn_queue_depth", "Timesteps waiting for the model, all sessions", m, registry=r
+        )
         self.backpressure = Counter(
-            "asasnn_backpressure_total", "Times a session's step queue was full when its events arrived", [*m, "action"], registry=r
+            "asasnn_backpressure_total",
+            "Times a session's step queue was full when its events arrived",
+            [*m, "action"],
+            registry=r,
         )
         self.backpressure_wait = Counter(
-            "asasnn_backpressure_wait_seconds_total", "Seconds sessions waited for room in their step queue", m, registry=r
+            "asasnn_backpressure_wait_seconds_total",
+            "Seconds sessions waited for room in their step queue",
+            m,
+            registry=r,
         )
         # model
-        self.steps = Counter("asasnn_steps_total", "Timesteps run (one LIF update of one stream)", m, registry=r)
-        self.skipped_steps = Counter("asasnn_skipped_steps_total", "Empty timesteps left out by the gap cap", m, registry=r)
-        self.batch_size = Histogram("asasnn_batch_size", "Streams per model call", m, buckets=BATCH_BUCKETS, registry=r)
+        self.steps = Counter(
+            "asasnn_steps_total", "Timesteps run (one LIF update of one stream)", m, registry=r
+        )
+        self.skipped_steps = Counter(
+            "asasnn_skipped_steps_total", "Empty timesteps left out by the gap cap", m, registry=r
+        )
+        self.batch_size = Histogram(
+            "asasnn_batch_size", "Streams per model call", m, buckets=BATCH_BUCKETS, registry=r
+        )
         self.step_latency = Histogram(
-            "asasnn_step_latency_seconds", "Duration of one batched model call", m, buckets=LATENCY_BUCKETS, registry=r
+            "asasnn_step_latency_seconds",
+            "Duration of one batched model call",
+            m,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.e2e_latency = Histogram(
             "asasnn_e2e_latency_seconds",
             "From the packet that completed a timestep to its prediction being sent",
-            m, buckets=LATENCY_BUCKETS, registry=r,
+            m,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.spikes = Counter("asasnn_spikes_total", "Spikes emitted, per layer", [*m, "layer"], registry=r)
         self.layer_rate = Gauge(
-            "asasnn_layer_spike_rate", "Live firing rate per layer (spikes/neuron/step, EMA over ~100 steps)", [*m, "layer"], registry=r
+            "asasnn_layer_spike_rate",
+            "Live firing rate per layer (spikes/neuron/step, EMA over ~100 steps)",
+            [*m, "layer"],
+            registry=r,
         )
         self.network_rate = Gauge(
-            "asasnn_network_spike_rate", "Live network average spike firing rate (NASFR, EMA over ~100 steps)", m, registry=r
+            "asasnn_network_spike_rate",
+            "Live network average spike firing rate (NASFR, EMA over ~100 steps)",
+            m,
+            registry=r,
         )
-        self.sops = Counter("asasnn_synaptic_ops_total", "Synaptic operations (spikes x fan-out)", m, registry=r)
+        self.sops = Counter(
+            "asasnn_synaptic_ops_total", "Synaptic operations (spikes x fan-out)", m, registry=r
+        )
         self.energy = Counter(
-            "asasnn_energy_proxy_joules_total", "Energy proxy E_MAC*MACs(first layer) + E_AC*SOPs (45 nm)", m, registry=r
+            "asasnn_energy_proxy_joules_total",
+            "Energy proxy E_MAC*MACs(first layer) + E_AC*SOPs (45 nm)",
+            m,
+            registry=r,
         )
-        self.predictions = Counter("asasnn_predictions_total", "Streamed predictions, by predicted label", [*m, "label"], registry=r)
+        self.predictions = Counter(
+            "asasnn_predictions_total", "Streamed predictions, by predicted label", [*m, "label"], registry=r
+        )
         self.classifications = Counter(
-            "asasnn_classifications_total", "Recordings classified over REST, by predicted label", [*m, "label"], registry=r
+            "asasnn_classifications_total",
+            "Recordings classified over REST, by predicted label",
+            [*m, "label"],
+            registry=r,
         )
         self._ema: dict[str, list[float]] = {}
 
-    def register_model(self, name: str, version: str, backend: str, device: str, layers: tuple[str, ...], neurons: tuple[int, ...]) -> None:
+    def register_model(
+        self,
+        name: str,
+        version: str,
+        backend: str,
+        device: str,
+        layers: tuple[str, ...],
+        neurons: tuple[int, ...],
+    ) -> None:
         self.model_info.labels(name, version, backend, device).set(1)
         for layer, n in zip(layers, neurons):
             self.layer_neurons.labels(name, layer).set(n)
             self.layer_rate.labels(name, layer).set(0)
             self.spikes.labels(name, layer)
-        for family in (self.events_received, self.steps, self.sops, self.energy, self.packets_received, self.sessions_started):
+        for family in (
+            self.events_received,
+            self.steps,
+            self.sops,
+            self.energy,
+            self.packets_received,
+            self.sessions_started,
+        ):
             family.labels(name)
         self.network_rate.labels(name).set(0)
         self.active_sessions.labels(name).set(0)
         self.queue_depth.labels(name).set(0)
 
     def observe_batch(
-        self, model: str, layers: tuple[str, ...], neurons: tuple[int, ...], counts, sops: float, energy_j: float, step_s: float
+        self,
+        model: str,
+        layers: tuple[str, ...],
+        neurons: tuple[int, ...],
+        counts,
+        sops: float,
+        energy_j: float,
+        step_s: float,
     ) -> None:
         """Account one model call; ``counts`` is ``[n, L]`` spikes per stream and layer."""
         n = int(counts.shape[0])

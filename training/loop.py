@@ -238,6 +238,13 @@ class Trainer:
         self.net.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
+        want = (self.cfg.restart_epochs or self.cfg.epochs, self.cfg.restart_mult, self.cfg.min_lr)
+        if (self.scheduler.T_0, self.scheduler.T_mult, self.scheduler.eta_min) != want:
+            # the schedule was changed on resume (e.g. more epochs): the new one, at this epoch
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+                self.optimizer, T_0=want[0], T_mult=want[1], eta_min=want[2]
+            )
+            self.scheduler.step(int(ck["epoch"]))
         if ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])
         self.epoch, self.best, self.metrics = int(ck["epoch"]), float(ck["best"]), dict(ck["metrics"])

@@ -284,7 +284,9 @@ def verify_onnx(
 
     Passes when the spike agreement over every layer, timestep and stream is at least
     ``min_agreement`` and the output averaged over the sequence differs by at most ``rate_tol``
-    (default ``1.5 / T``: one flipped output spike per class and stream is tolerated, two are not).
+    (default ``max(0.1, 1.5 / T)``). One spike flipped by float32 rounding (a membrane within an
+    ulp of the threshold, BatchNorm folding) can shift a neuron's later spikes and so a few output
+    spikes; a graph that computes something else fails the agreement by orders of magnitude.
     """
     ref = copy.deepcopy(net).cpu().float().eval()
     sess = _ort_session(onnx_bytes)
@@ -302,7 +304,7 @@ def verify_onnx(
                 _verify_window(ref, sess, frames, outs, spike_names, tally)
             else:
                 _verify_steps(ref, sess, frames, ins, outs, spike_names, tally)
-    tol = 1.5 / max(steps_max, 1) if rate_tol is None else rate_tol
+    tol = max(0.1, 1.5 / max(steps_max, 1)) if rate_tol is None else rate_tol
     agreement = tally.equal / max(tally.total, 1)
     rates = (tally.spikes / np.maximum(tally.neuron_steps, 1)).tolist()
     return Verification(

@@ -274,9 +274,7 @@ class OrtStepRunner(StepRunner):
         self._gpu_tables = self.on_cuda and torch.cuda.is_available()
         self._in_names = ["frames", *net.state_names()]
         self._out_names = ["out", "counts", *(f"{n}.next" for n in net.state_names())]
-        self._binding = self.session.io_binding()
         self._tables: list[Any] = []
-        self._buf_rows = 0
         super().__init__(card, net, capacity)
 
     # storage: numpy tables on the host, torch CUDA tensors when the graph runs on the GPU
@@ -293,16 +291,46 @@ class OrtStepRunner(StepRunner):
         self._alloc_buffers(capacity)
 
     def _alloc_buffers(self, rows: int) -> None:
-        """Contiguous per-call buffers for the gathered inputs and the outputs (``rows`` streams)."""
+        """Contiguous buffers for the gathered inputs and the outputs of up to ``rows`` streams."""
         k, layers = self.num_classes, len(self.layer_names)
         shapes = [(k,), (layers,), *self.state_shapes]
         if self._gpu_tables:
+            self._frames = torch.empty(rows, *self.frame_shape, device="cuda")
             self._ins = [torch.empty(rows, *s, device="cuda") for s in self.state_shapes]
             self._outs = [torch.empty(rows, *s, device="cuda") for s in shapes]
         else:
+            self._frames = np.empty((rows, *self.frame_shape), dtype=np.float32)
             self._ins = [np.empty((rows, *s), dtype=np.float32) for s in self.state_shapes]
             self._outs = [np.empty((rows, *s), dtype=np.float32) for s in shapes]
-        self._buf_rows = rows
+        self._bindings: dict[int, Any] = {}
+        self._values: list[Any] = []  # OrtValues over the buffers, alive as long as their bindings
+
+    def _binding(self, n: int) -> Any:
+        """IO binding of the first ``n`` rows of every buffer; built once per batch size and reused
+        (the bound memory is the buffers themselves, so each call only refills them)."""
+        b = self._bindings.get(n)
+        if b is None and self._gpu_tables:
+            b = self.session.io_binding()
+            for name, buf in zip(self._in_names, (self._frames, *self._ins)):
+                v = buf[:n]
+                b.bind_input(name, "cuda", 0, np.float32, tuple(v.shape), v.data_ptr())
+            for name, buf in zip(self._out_names, self._outs):
+                v = buf[:n]
+                b.bind_output(name, "cuda", 0, np.float32, tuple(v.shape), v.data_ptr())
+            self._bindings[n] = b
+        elif b is None:
+            from onnxruntime import OrtValue
+
+            b = self.session.io_binding()
+            values = [OrtValue.ortvalue_from_numpy(a[:n]) for a in (self._frames, *self._ins)]
+            for name, v in zip(self._in_names, values):
+                b.bind_ortvalue_input(name, v)
+            for name, buf in zip(self._out_names, self._outs):
+                v = buf[:n]
+                b.bind_output(name, "cpu", 0, np.float32, v.shape, v.ctypes.data)
+            self._bindings[n] = b
+            self._values.append(values)
+        return b
 
     def _clear(self, rows: np.ndarray) -> None:
         if self._gpu_tables:
@@ -315,19 +343,12 @@ class OrtStepRunner(StepRunner):
 
     def _advance(self, rows: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = rows.shape[0]
-        if n > self._buf_rows:
-            self._alloc_buffers(n)
         if self._gpu_tables:
             return self._advance_cuda(rows, frames)
-        b = self._binding
-        b.bind_cpu_input("frames", frames)
-        for name, table, buf in zip(self._in_names[1:], self._tables, self._ins):
-            view = buf[:n]
-            np.take(table, rows, axis=0, out=view)
-            b.bind_cpu_input(name, view)
-        for name, buf in zip(self._out_names, self._outs):
-            view = buf[:n]
-            b.bind_output(name, "cpu", 0, np.float32, view.shape, view.ctypes.data)
+        b = self._binding(n)
+        np.copyto(self._frames[:n], frames)
+        for table, buf in zip(self._tables, self._ins):
+            np.take(table, rows, axis=0, out=buf[:n])
         self.session.run_with_iobinding(b)
         for table, buf in zip(self._tables, self._outs[2:]):
             table[rows] = buf[:n]
@@ -335,19 +356,12 @@ class OrtStepRunner(StepRunner):
 
     def _advance_cuda(self, rows: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = rows.shape[0]
+        b = self._binding(n)
         ii = torch.from_numpy(rows).cuda()
-        x = torch.from_numpy(frames).cuda()
+        self._frames[:n].copy_(torch.from_numpy(frames))
         for table, buf in zip(self._tables, self._ins):
             torch.index_select(table, 0, ii, out=buf[:n])
         torch.cuda.current_stream().synchronize()  # ORT runs on its own stream
-        b = self._binding
-        b.bind_input("frames", "cuda", 0, np.float32, tuple(x.shape), x.data_ptr())
-        for name, buf in zip(self._in_names[1:], self._ins):
-            v = buf[:n]
-            b.bind_input(name, "cuda", 0, np.float32, tuple(v.shape), v.data_ptr())
-        for name, buf in zip(self._out_names, self._outs):
-            v = buf[:n]
-            b.bind_output(name, "cuda", 0, np.float32, tuple(v.shape), v.data_ptr())
         self.session.run_with_iobinding(b)
         b.synchronize_outputs()
         for table, buf in zip(self._tables, self._outs[2:]):

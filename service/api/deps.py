@@ -49,7 +49,9 @@ def key_problem(settings: Settings, key: str | None) -> str | None:
     if not settings.api_keys:
         return None
     if not key:
-        return f"missing API key: send it in the {API_KEY_HEADER} header (or as ?{WS_TOKEN_PARAM}= on /ws/infer)"
+        return (
+            f"missing API key: send it in the {API_KEY_HEADER} header (or as ?{WS_TOKEN_PARAM}= on /ws/infer)"
+        )
     ok = False
     for k in settings.api_keys:  # compare with every key, in constant time
         ok |= hmac.compare_digest(k.encode(), key.encode())
@@ -60,7 +62,8 @@ def require_api_key(request: Request, settings: SettingsDep) -> None:
     problem = key_problem(settings, presented_key(request))
     if problem is not None:
         raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, detail={"code": "unauthorized", "message": problem},
+            status.HTTP_401_UNAUTHORIZED,
+            detail={"code": "unauthorized", "message": problem},
             headers={"WWW-Authenticate": "Bearer"},
         )
 
@@ -84,10 +87,15 @@ def lookup_model(state: ServiceState, name: str | None) -> ModelEntry:
     try:
         entry = state.registry.get(name)
     except ModelNotFound as e:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail={"code": "unknown_model", "message": str(e)}) from None
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, detail={"code": "unknown_model", "message": str(e)}
+        ) from None
     if entry.runner is None:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail={"code": "model_unavailable", "message": f"model {entry.name!r} did not load: {entry.error}"},
+            detail={
+                "code": "model_unavailable",
+                "message": f"model {entry.name!r} did not load: {entry.error}",
+            },
         )
     return entry

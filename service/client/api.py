@@ -52,7 +52,9 @@ def ws_url(url: str) -> str:
     """``http://h:p`` -> ``ws://h:p/ws/infer``; a ws URL is kept as it is."""
     u = urlparse(url)
     if u.scheme in ("ws", "wss"):
-        return url if u.path not in ("", "/") else urlunparse((u.scheme, u.netloc, "/ws/infer", "", u.query, ""))
+        return (
+            url if u.path not in ("", "/") else urlunparse((u.scheme, u.netloc, "/ws/infer", "", u.query, ""))
+        )
     scheme = "wss" if u.scheme == "https" else "ws"
     return urlunparse((scheme, u.netloc, "/ws/infer", "", "", ""))
 
@@ -94,8 +96,14 @@ class StreamSession:
         headers = {"X-API-Key": api_key} if api_key else None
         ws = await connect(ws_url(url), additional_headers=headers, open_timeout=open_timeout, max_size=2**24)
         start: Message = {"type": "start", "version": 1}
-        for k, v in (("model", model), ("dt_us", dt_us), ("ds", ds), ("t_start_us", t_start_us),
-                     ("readout", readout), ("output", output)):
+        for k, v in (
+            ("model", model),
+            ("dt_us", dt_us),
+            ("ds", ds),
+            ("t_start_us", t_start_us),
+            ("readout", readout),
+            ("output", output),
+        ):
             if v is not None:
                 start[k] = v
         if sensor is not None:
@@ -104,18 +112,20 @@ class StreamSession:
             await ws.send(json.dumps(start))
         try:
             first = json.loads(await asyncio.wait_for(ws.recv(), open_timeout))
-        except Exception as e:
+        except (ConnectionClosed, TimeoutError, json.JSONDecodeError) as e:
             code = ws.close_code
             await ws.close()
             raise ServiceError("closed", f"no ready message ({e})", code) from None
         if first.get("type") != "ready":
             await ws.wait_closed()
-            raise ServiceError(first.get("code", "unexpected"), first.get("message", str(first)), ws.close_code)
+            raise ServiceError(
+                first.get("code", "unexpected"), first.get("message", str(first)), ws.close_code
+            )
         s = cls(ws, first, on_message)
         s._reader = asyncio.get_running_loop().create_task(s._read())
         return s
 
-    async def __aenter__(self) -> StreamSession:
+    async def __aenter__(self) -> StreamSession:  # noqa: PYI034 - final class
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -138,8 +148,8 @@ class StreamSession:
                 if self.on_message is not None:
                     self.on_message(msg)
                 self._queue.put_nowait(msg)
-        except Exception:
-            pass
+        except ConnectionClosed:
+            pass  # the end of every session; close_code says how
         finally:
             self.close_code = self.ws.close_code
             self._queue.put_nowait(None)
@@ -227,7 +237,9 @@ async def stream_async(
     return s
 
 
-def stream_events(url: str, packets: Iterable[np.ndarray], *, pace: float | None = None, **start: Any) -> StreamSession:
+def stream_events(
+    url: str, packets: Iterable[np.ndarray], *, pace: float | None = None, **start: Any
+) -> StreamSession:
     """Blocking form of :func:`stream_async`."""
     return asyncio.run(stream_async(url, packets, pace=pace, **start))
 
@@ -256,7 +268,12 @@ def classify(
 
 
 def classify_batch(
-    url: str, recordings: list[Path | str | np.ndarray], *, api_key: str | None = None, timeout: float = 300.0, **options: Any
+    url: str,
+    recordings: list[Path | str | np.ndarray],
+    *,
+    api_key: str | None = None,
+    timeout: float = 300.0,
+    **options: Any,
 ) -> Message:
     """``POST /v1/classify/batch``: several recordings, classified side by side."""
     files = []
@@ -265,9 +282,13 @@ def classify_batch(
     return _post(url, "/v1/classify/batch", files, options, api_key, timeout)
 
 
-def _post(url: str, path: str, files: list[Any], options: dict[str, Any], api_key: str | None, timeout: float) -> Message:
+def _post(
+    url: str, path: str, files: list[Any], options: dict[str, Any], api_key: str | None, timeout: float
+) -> Message:
     headers = {"X-API-Key": api_key} if api_key else {}
-    data = {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in options.items() if v is not None}
+    data = {
+        k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in options.items() if v is not None
+    }
     r = httpx.post(http_base(url) + path, files=files, data=data, headers=headers, timeout=timeout)
     if r.status_code != 200:
         try:
@@ -275,6 +296,8 @@ def _post(url: str, path: str, files: list[Any], options: dict[str, Any], api_ke
         except ValueError:
             detail = r.text
         if isinstance(detail, dict):
-            raise ServiceError(detail.get("code", str(r.status_code)), detail.get("message", str(detail)), r.status_code)
+            raise ServiceError(
+                detail.get("code", str(r.status_code)), detail.get("message", str(detail)), r.status_code
+            )
         raise ServiceError(str(r.status_code), str(detail), r.status_code)
     return r.json()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import concurrent.futures
 import contextlib
 import json
 import signal
@@ -30,12 +31,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model name (default: the server's default)")
     p.add_argument("--api-key", help="API key (or set ASASNN_API_KEY)")
     pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--speed", type=float, default=1.0, help="pace at this many times real time (default 1)")
+    pace.add_argument(
+        "--speed", type=float, default=1.0, help="pace at this many times real time (default 1)"
+    )
     pace.add_argument("--fast", action="store_true", help="send as fast as the server takes it")
-    p.add_argument("--packet-ms", type=float, default=10.0, help="stream time per packet for files / synthetic")
+    p.add_argument(
+        "--packet-ms", type=float, default=10.0, help="stream time per packet for files / synthetic"
+    )
     p.add_argument("--readout", choices=["horizon", "ema"], help="label readout (default: the model's)")
     p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--every", type=int, default=10, help="print every Nth prediction (and every label change)")
+    p.add_argument(
+        "--every", type=int, default=10, help="print every Nth prediction (and every label change)"
+    )
     p.add_argument("--json", action="store_true", help="print every server message as one JSON line")
     p.add_argument("--quiet", action="store_true", help="print only the totals")
     p.add_argument("--seed", type=int, default=0, help="synthetic source seed")
@@ -45,8 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _open(args: argparse.Namespace) -> Source:
     speed = None if args.fast else args.speed
     return open_source(
-        args.source, packet_us=max(1, int(args.packet_ms * 1000)), realtime=speed is not None,
-        speed=speed or 1.0, seed=args.seed,
+        args.source,
+        packet_us=max(1, int(args.packet_ms * 1000)),
+        realtime=speed is not None,
+        speed=speed or 1.0,
+        seed=args.seed,
     )
 
 
@@ -62,7 +72,9 @@ class Printer:
         self.latency: list[float] = []
 
     def truth(self, packet_t: int, label: str | None) -> None:
-        if label is not None and (not self.truth_label or self.truth_label[-1] != label or packet_t < self.truth_t[-1]):
+        if label is not None and (
+            not self.truth_label or self.truth_label[-1] != label or packet_t < self.truth_t[-1]
+        ):
             self.truth_t.append(packet_t)
             self.truth_label.append(label)
 
@@ -103,11 +115,16 @@ class Printer:
         stream_s = end.get("duration_us", 0) / 1e6
         lines = [
             f"model {s.ready['model']['name']}  session {s.session_id}",
-            f"packets {packets}  events {end.get('events', 0)}  steps {steps}  stream {stream_s:.2f} s  "
-            f"wall {wall_s:.2f} s  ({stream_s / wall_s if wall_s else 0:.1f}x real time)",
+            (
+                f"packets {packets}  events {end.get('events', 0)}  steps {steps}  stream {stream_s:.2f} s  "
+                f"wall {wall_s:.2f} s  ({stream_s / wall_s if wall_s else 0:.1f}x real time)"
+            ),
         ]
         if end.get("label") is not None:
-            lines.append(f"final label {end['label']}  " + ", ".join(f"{x['label']} {x['p']:.2f}" for x in end["top_k"]))
+            lines.append(
+                f"final label {end['label']}  "
+                + ", ".join(f"{x['label']} {x['p']:.2f}" for x in end["top_k"])
+            )
             lines.append(
                 f"NASFR {end['nasfr']:.4f}  spikes {end['spikes']}  SOPs {end['sops']:.3g}  "
                 f"energy proxy {end['energy_j'] * 1e6:.3f} uJ"
@@ -116,7 +133,9 @@ class Printer:
             lat = sorted(self.latency)
             lines.append(f"latency ms: median {lat[len(lat) // 2]:.2f}  p99 {lat[int(len(lat) * 0.99)]:.2f}")
         if self.judged:
-            lines.append(f"per-step accuracy vs. true label {self.correct / self.judged:.1%} ({self.judged} steps)")
+            lines.append(
+                f"per-step accuracy vs. true label {self.correct / self.judged:.1%} ({self.judged} steps)"
+            )
         if s.warnings or s.errors:
             lines.append(f"warnings {len(s.warnings)}  errors {len(s.errors)}")
         print("\n".join(lines), flush=True)
@@ -129,8 +148,12 @@ async def _stream(args: argparse.Namespace, source: Source) -> int:
     sensor = (source.sensor.width, source.sensor.height) if source.sensor else None
     try:
         s = await StreamSession.connect(
-            args.url, model=args.model, sensor=sensor, api_key=args.api_key or os.environ.get("ASASNN_API_KEY"),
-            readout={"mode": args.readout} if args.readout else None, output={"top_k": args.top_k},
+            args.url,
+            model=args.model,
+            sensor=sensor,
+            api_key=args.api_key or os.environ.get("ASASNN_API_KEY"),
+            readout={"mode": args.readout} if args.readout else None,
+            output={"top_k": args.top_k},
             on_message=printer,
         )
     except (ServiceError, OSError) as e:
@@ -180,15 +203,25 @@ def _pump(source: Source, loop: asyncio.AbstractEventLoop, depth: int = 64) -> a
     """
     queue: asyncio.Queue = asyncio.Queue(depth)
 
+    def put(item: Any) -> bool:
+        if loop.is_closed():
+            return False
+        coro = queue.put(item)
+        try:
+            asyncio.run_coroutine_threadsafe(coro, loop).result()
+        except (RuntimeError, concurrent.futures.CancelledError):  # the stream is over
+            coro.close()
+            return False
+        return True
+
     def produce() -> None:
         try:
             for item in source.packets:
-                asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
-        except Exception as e:  # the source failed: say so and end the stream
+                if not put(item):
+                    return
+        except Exception as e:  # noqa: BLE001 - a camera or network failure ends the stream, not the client
             print(f"asasnn stream: source stopped: {e}", file=sys.stderr)
-        finally:
-            with contextlib.suppress(RuntimeError):
-                asyncio.run_coroutine_threadsafe(queue.put(None), loop)
+        put(None)
 
     threading.Thread(target=produce, name="asasnn-source", daemon=True).start()
     return queue
@@ -197,7 +230,7 @@ def _pump(source: Source, loop: asyncio.AbstractEventLoop, depth: int = 64) -> a
 def run(args: argparse.Namespace) -> int:
     try:
         source = _open(args)
-    except Exception as e:  # a bad spec, a missing file, no camera: say so, no traceback
+    except Exception as e:  # noqa: BLE001 - a bad spec, a missing file, no camera: say so, no traceback
         print(f"asasnn stream: cannot open source {args.source!r}: {e}", file=sys.stderr)
         return 2
     return asyncio.run(_stream(args, source))

@@ -21,10 +21,10 @@ import contextlib
 import itertools
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -92,7 +92,10 @@ def read_file(path: Path) -> tuple[np.ndarray, SensorSize | None]:
     if path.suffix.lower() in (".evt", ".bin", ".events"):
         size = path.stat().st_size
         if size % EVENT_BYTES:
-            raise EventError("misaligned_packet", f"{path}: {size} bytes is not a whole number of {EVENT_BYTES}-byte records")
+            raise EventError(
+                "misaligned_packet",
+                f"{path}: {size} bytes is not a whole number of {EVENT_BYTES}-byte records",
+            )
         return np.fromfile(path, dtype=EVENT_DTYPE), None
     from models.events.readers import read_events
 
@@ -136,7 +139,9 @@ def _from_reader(name: str, reader: Any) -> Source:
         raise ValueError(f"{name}: no event stream available")
     res = reader.getEventResolution()
     sensor = SensorSize(int(res[0]), int(res[1])) if res is not None else None
-    return Source(name, sensor, _dv_packets(reader), live=True, _close=lambda: None)
+    packets = _dv_packets(reader)
+    del reader  # the generator holds the only reference: closing it releases the device / socket
+    return Source(name, sensor, packets, live=True, _close=packets.close)
 
 
 def parse_synthetic(spec: str) -> int | None:
@@ -186,4 +191,9 @@ def open_source(
             "camera[:SERIAL] or tcp://HOST:PORT"
         )
     events, sensor = read_file(path)
-    return Source(str(path), sensor, ((p, None) for p in split_packets(events, packet_us)), total_events=int(events.size))
+    return Source(
+        str(path),
+        sensor,
+        ((p, None) for p in split_packets(events, packet_us)),
+        total_events=int(events.size),
+    )

@@ -13,10 +13,12 @@ from tests.service.helpers import LiveServer, make_bundle, settings_for
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
-    """Two bundles: ``default`` and ``other`` (different weights), like a vanilla / ASA pair."""
+    """Three bundles: ``default`` and ``other`` (step mode, different weights) and ``asa-window``
+    (the paper's window ASA), served side by side."""
     root = tmp_path_factory.mktemp("models")
     make_bundle(root / "default", 0, "tiny-default")
     make_bundle(root / "other", 1, "tiny-other")
+    make_bundle(root / "asa-window", 2, "tiny-asa", attention="asa")
     return root
 
 

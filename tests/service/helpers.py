@@ -22,10 +22,11 @@ SENSOR = SensorSize(128, 128)
 DT_US = 50_000
 
 
-
-
-def make_bundle(directory: Path, seed: int, name: str) -> None:
-    """An untrained tiny network, BatchNorm calibrated so every layer spikes, saved as a bundle."""
+def make_bundle(directory: Path, seed: int, name: str, attention: str = "none") -> None:
+    """An untrained tiny network, BatchNorm calibrated so every layer spikes, saved as a bundle
+    (weights and card only: the tests run the PyTorch backend, exporting ONNX takes most of a minute).
+    ``attention="asa"`` gives a window-mode model (the paper's ASA)."""
+    from models.attention import AttentionConfig
     from models.config import preset
     from models.network import SpikingNet
     from models.runtime.bundle import save_bundle
@@ -34,11 +35,13 @@ def make_bundle(directory: Path, seed: int, name: str) -> None:
     from models.synthetic import CLASSES
 
     torch.manual_seed(seed)
-    net = SpikingNet(preset("tiny", num_classes=len(CLASSES)))
+    net = SpikingNet(preset("tiny", num_classes=len(CLASSES), attention=AttentionConfig(kind=attention)))
     g = torch.Generator().manual_seed(seed)
     frames = (torch.rand(16, 4, 2, 32, 32, generator=g) < 0.08).float() * 2
     calibrate_untrained(net, frames)
-    card = build_card(net, classes=CLASSES, sensor=(SENSOR.width, SENSOR.height), ds=4, dt_us=DT_US, name=name)
+    card = build_card(
+        net, classes=CLASSES, sensor=(SENSOR.width, SENSOR.height), ds=4, dt_us=DT_US, name=name
+    )
     save_bundle(directory, card, net, None)
 
 
@@ -55,13 +58,18 @@ class LiveServer:
         self.settings = settings
         self.app = create_app(settings, loader=loader)
         cfg = uvicorn.Config(
-            self.app, host="127.0.0.1", port=0, log_level="warning", ws_max_size=settings.ws_max_size,
-            ws_per_message_deflate=False, lifespan="on",
+            self.app,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            ws_max_size=settings.ws_max_size,
+            ws_per_message_deflate=False,
+            lifespan="on",
         )
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> LiveServer:
+    def __enter__(self) -> LiveServer:  # noqa: PYI034 - final class
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:

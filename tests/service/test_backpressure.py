@@ -34,7 +34,9 @@ def test_block_policy_slows_the_client_and_loses_nothing(model_dir):
 
 def test_drop_policy_refuses_packets_while_the_queue_is_full(model_dir):
     runners: dict = {}
-    with live_server(model_dir, loader=wrapping_loader(runners), max_queue_steps=2, backpressure="drop") as srv:
+    with live_server(
+        model_dir, loader=wrapping_loader(runners), max_queue_steps=2, backpressure="drop"
+    ) as srv:
         gate = runners["default"].gate = threading.Event()
 
         async def go():

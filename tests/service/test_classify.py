@@ -23,7 +23,11 @@ def test_all_formats_agree(server, clip, tmp_path):
     assert ref["steps"] == 10 and ref["events"] == clip.size and ref["label"] in ref["top_k"][0]["label"]
     assert ref["filename"] == "recording.evt" and ref["model"] == "default"
     assert len(ref["probabilities"]) == 10 and np.isclose(sum(ref["probabilities"]), 1)
-    assert ref["energy_j"] > 0 and ref["sops"] > 0 and set(ref["layer_rates"]) == {"conv1", "conv2", "conv3", "fc1", "fc2"}
+    assert (
+        ref["energy_j"] > 0
+        and ref["sops"] > 0
+        and set(ref["layer_rates"]) == {"conv1", "conv2", "conv3", "fc1", "fc2"}
+    )
     paths = [tmp_path / "r.npz", tmp_path / "r.npy", tmp_path / "r.aedat4"]
     write_numpy(paths[0], clip, SENSOR)
     write_numpy(paths[1], clip)
@@ -65,7 +69,13 @@ def test_batch_equals_single(server, clip, gesture):
         ("fake.aedat4", b"#!AER-DAT4.0\r\nnothing else", 422, "bad_file", "fake.aedat4"),
         ("short.evt", bytes(27), 422, "misaligned_packet", "27 bytes"),
         ("off.evt", events(0, 3, x=500).tobytes(), 422, "out_of_range", "x=500"),
-        ("back.evt", np.concatenate([events(100, 2), events(0, 2)]).tobytes(), 422, "unsorted", "go backwards"),
+        (
+            "back.evt",
+            np.concatenate([events(100, 2), events(0, 2)]).tobytes(),
+            422,
+            "unsorted",
+            "go backwards",
+        ),
     ],
 )
 def test_bad_uploads(server, name, body, status, code, words):
@@ -80,10 +90,13 @@ def test_unknown_model_and_bad_options(server, clip):
     with pytest.raises(ServiceError) as e:
         classify(server.http, clip, model="../default")
     assert e.value.close_code == 404 and e.value.code == "unknown_model"
-    r = httpx.post(server.http + "/v1/classify", files={"file": ("a.evt", clip.tobytes())}, data={"sensor_width": "64"})
+    r = httpx.post(
+        server.http + "/v1/classify", files={"file": ("a.evt", clip.tobytes())}, data={"sensor_width": "64"}
+    )
     assert r.status_code == 422 and "sensor_height" in r.text
     r = httpx.post(
-        server.http + "/v1/classify", files={"file": ("a.evt", clip.tobytes())},
+        server.http + "/v1/classify",
+        files={"file": ("a.evt", clip.tobytes())},
         data={"sensor_width": "640", "sensor_height": "480"},
     )
     assert r.status_code == 422 and r.json()["detail"]["code"] == "bad_sensor"
@@ -92,7 +105,13 @@ def test_unknown_model_and_bad_options(server, clip):
 
 
 def test_size_limits(model_dir, clip):
-    with live_server(model_dir, max_upload_bytes=100_000, max_batch_files=2, max_recording_steps=5, api_keys=["k-123456789"]) as srv:
+    with live_server(
+        model_dir,
+        max_upload_bytes=100_000,
+        max_batch_files=2,
+        max_recording_steps=5,
+        api_keys=["k-123456789"],
+    ) as srv:
         h = {"X-API-Key": "k-123456789"}
         big = np.zeros(10_000, clip.dtype).tobytes()  # 130 kB
         r = httpx.post(srv.http + "/v1/classify", files={"file": ("big.evt", big)}, headers=h)
@@ -105,6 +124,7 @@ def test_size_limits(model_dir, clip):
         files = [("files", (f"{i}.evt", clip[:10].tobytes())) for i in range(3)]
         r = httpx.post(srv.http + "/v1/classify/batch", files=files, headers=h)
         assert r.status_code == 413 and r.json()["detail"]["code"] == "too_many_files"
+
         # chunked upload without Content-Length is cut off as it streams
         def gen():
             yield b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="big.evt"\r\n\r\n'
@@ -112,15 +132,24 @@ def test_size_limits(model_dir, clip):
                 yield bytes(13 * 1000)
             yield b"\r\n--xyz--\r\n"
 
-        r = httpx.post(srv.http + "/v1/classify", content=gen(), headers={**h, "content-type": "multipart/form-data; boundary=xyz"})
+        r = httpx.post(
+            srv.http + "/v1/classify",
+            content=gen(),
+            headers={**h, "content-type": "multipart/form-data; boundary=xyz"},
+        )
         assert r.status_code == 413 and r.json()["detail"]["code"] == "upload_too_large"
         # API key on REST
         r = httpx.post(srv.http + "/v1/classify", files={"file": ("c.evt", clip[:10].tobytes())})
         assert r.status_code == 401 and r.json()["detail"]["code"] == "unauthorized"
-        r = httpx.post(srv.http + "/v1/classify", files={"file": ("c.evt", clip[:10].tobytes())}, headers={"X-API-Key": "nope"})
+        r = httpx.post(
+            srv.http + "/v1/classify",
+            files={"file": ("c.evt", clip[:10].tobytes())},
+            headers={"X-API-Key": "nope"},
+        )
         assert r.status_code == 401 and r.json()["detail"]["message"] == "invalid API key"
         r = httpx.post(
-            srv.http + "/v1/classify", files={"file": ("c.evt", clip[:10].tobytes())},
+            srv.http + "/v1/classify",
+            files={"file": ("c.evt", clip[:10].tobytes())},
             headers={"Authorization": "Bearer k-123456789"},
         )
         assert r.status_code == 200

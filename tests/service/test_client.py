@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import socket
 import threading
 import time
@@ -82,7 +83,12 @@ class FakeBatch:
 
     def numpy(self):
         out = np.zeros(self.ev.size, [("timestamp", "<i8"), ("x", "<i2"), ("y", "<i2"), ("polarity", "u1")])
-        out["timestamp"], out["x"], out["y"], out["polarity"] = self.ev["t"], self.ev["x"], self.ev["y"], self.ev["p"]
+        out["timestamp"], out["x"], out["y"], out["polarity"] = (
+            self.ev["t"],
+            self.ev["x"],
+            self.ev["y"],
+            self.ev["p"],
+        )
         return out
 
 
@@ -144,6 +150,9 @@ def test_dv_network_source(gesture):
     while sum(g.size for g in got) < part.size and time.monotonic() < deadline:
         got.append(next(it)[0])
     assert np.array_equal(np.concatenate(got), part)
+    src.close()  # releases the reader; a dv NetworkWriter waits for its clients when destroyed
+    del it, src
+    gc.collect()
     del writer
 
 

@@ -20,8 +20,9 @@ def test_model_list_and_cards(server):
     r = httpx.get(server.http + "/v1/models").json()
     assert r["default"] == "default"
     names = [m["name"] for m in r["models"]]
-    assert names == ["default", "other"]
-    d = r["models"][0]
+    assert names == ["asa-window", "default", "other"]
+    d = r["models"][1]
+    assert r["models"][0]["mode"] == "window" and r["models"][0]["hop"] == 4
     assert d["default"] and d["streaming"] and d["mode"] == "step"
     assert d["frame_shape"] == [2, 32, 32] and d["sensor"] == {"width": 128, "height": 128}
     assert d["layers"] == ["conv1", "conv2", "conv3", "fc1", "fc2"] and len(d["classes"]) == 10
@@ -40,7 +41,15 @@ def test_unknown_or_escaping_model_names_are_404(server, name):
 
 def test_openapi_documents_the_routes(server):
     spec = httpx.get(server.http + "/openapi.json").json()
-    for path in ("/v1/classify", "/v1/classify/batch", "/v1/models", "/v1/models/{name}", "/healthz", "/readyz", "/metrics"):
+    for path in (
+        "/v1/classify",
+        "/v1/classify/batch",
+        "/v1/models",
+        "/v1/models/{name}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
         assert path in spec["paths"], path
     assert httpx.get(server.http + "/docs").status_code == 200
 

@@ -15,7 +15,7 @@ def test_packet_is_the_13_byte_records_back_to_back():
     data = encode_packet(ev)
     assert len(data) == 26
     # second record: t (8 bytes LE), x (2 LE), y (2 LE), p (1)
-    assert data[13:] == bytes.fromhex("0807060504030201" "0b0a" "0d0c" "01")
+    assert data[13:] == bytes.fromhex("08070605040302010b0a0d0c01")
     back = decode_packet(data, 1 << 20)
     assert back.dtype == EVENT_DTYPE and np.array_equal(back, ev)
 
@@ -41,7 +41,9 @@ def test_packet_over_the_size_limit():
 
 
 def test_start_message_defaults_and_options():
-    s = parse_start(json.dumps({"type": "start", "model": "m", "sensor": {"width": 128, "height": 64}, "dt_us": 5000}))
+    s = parse_start(
+        json.dumps({"type": "start", "model": "m", "sensor": {"width": 128, "height": 64}, "dt_us": 5000})
+    )
     assert s.version == 1 and s.model == "m" and s.sensor.width == 128 and s.dt_us == 5000
     assert s.readout.mode == "horizon" and s.output.top_k == 3
 

@@ -32,7 +32,10 @@ def test_one_step_per_session_per_batch_in_order():
     assert [(x.request.session_id, x.request.index, x.slot) for x in b1.steps] == [("a", 0, 0), ("b", 0, 1)]
     assert b1.stack_frames().shape == (2, 2, 4, 4)
     res = s.update_from_output(b1, output(2))
-    assert [(r.request.session_id, float(r.out[0]), r.batch_size) for r in res] == [("a", 0.0, 2), ("b", 1.0, 2)]
+    assert [(r.request.session_id, float(r.out[0]), r.batch_size) for r in res] == [
+        ("a", 0.0, 2),
+        ("b", 1.0, 2),
+    ]
     b2 = s.schedule()
     assert [(x.request.session_id, x.request.index) for x in b2.steps] == [("a", 1)]
     b3 = s.schedule()

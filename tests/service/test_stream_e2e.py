@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import numpy as np
@@ -47,7 +48,18 @@ def test_stream_in_random_packets_equals_offline_classification(server, gesture)
     assert [p["probabilities"] for p in preds] == [q["probabilities"] for q in steps]
     assert [p["label"] for p in preds] == [q["label"] for q in steps]
     end = s.end
-    for key in ("label", "probabilities", "steps", "events", "duration_us", "spikes", "sops", "energy_j", "nasfr", "layer_rates"):
+    for key in (
+        "label",
+        "probabilities",
+        "steps",
+        "events",
+        "duration_us",
+        "spikes",
+        "sops",
+        "energy_j",
+        "nasfr",
+        "layer_rates",
+    ):
         assert end[key] == offline[key], key
     assert end["events"] == gesture.size and end["steps"] == n
     # the per-step numbers add up to the totals
@@ -61,8 +73,12 @@ def test_packet_size_and_pace_do_not_change_predictions(server, gesture):
 
     async def go():
         one = await stream_async(server.ws, [part], output={"probabilities": True})
-        tiny = await stream_async(server.ws, split_random(part, np.random.default_rng(2), 7), output={"probabilities": True})
-        paced = await stream_async(server.ws, split_packets(part, 20_000), pace=4.0, output={"probabilities": True})
+        tiny = await stream_async(
+            server.ws, split_random(part, np.random.default_rng(2), 60), output={"probabilities": True}
+        )
+        paced = await stream_async(
+            server.ws, split_packets(part, 20_000), pace=4.0, output={"probabilities": True}
+        )
         return one, tiny, paced
 
     one, tiny, paced = asyncio.run(go())
@@ -111,7 +127,10 @@ def test_metrics_move(server, gesture):
         "sops": m("asasnn_synaptic_ops_total", model="default"),
         "spikes": m("asasnn_spikes_total", model="default", layer="conv1"),
         "sessions": m("asasnn_sessions_started_total", model="default"),
-        "preds": sum(m("asasnn_predictions_total", model="default", label=c) for c in server.state.registry.get(None).runner.card.classes),
+        "preds": sum(
+            m("asasnn_predictions_total", model="default", label=c)
+            for c in server.state.registry.get(None).runner.card.classes
+        ),
     }
     s = asyncio.run(stream_async(server.ws, split_packets(gesture, 10_000)))
     n = len(s.predictions)
@@ -119,20 +138,51 @@ def test_metrics_move(server, gesture):
     assert m("asasnn_steps_total", model="default") - before["steps"] == n
     assert m("asasnn_e2e_latency_seconds_count", model="default") - before["e2e"] == n
     assert m("asasnn_sessions_started_total", model="default") - before["sessions"] == 1
-    preds = sum(m("asasnn_predictions_total", model="default", label=c) for c in server.state.registry.get(None).runner.card.classes)
+    preds = sum(
+        m("asasnn_predictions_total", model="default", label=c)
+        for c in server.state.registry.get(None).runner.card.classes
+    )
     assert preds - before["preds"] == n
     assert np.isclose(m("asasnn_synaptic_ops_total", model="default") - before["sops"], s.end["sops"])
-    assert np.isclose(m("asasnn_energy_proxy_joules_total", model="default") - before["joules"], s.end["energy_j"])
+    assert np.isclose(
+        m("asasnn_energy_proxy_joules_total", model="default") - before["joules"], s.end["energy_j"]
+    )
     assert m("asasnn_spikes_total", model="default", layer="conv1") - before["spikes"] > 0
     assert 0 < m("asasnn_layer_spike_rate", model="default", layer="conv1") < 1
     assert 0 < m("asasnn_network_spike_rate", model="default") < 1
+    deadline = time.monotonic() + 5
+    while m("asasnn_active_sessions", model="default") and time.monotonic() < deadline:
+        time.sleep(0.02)  # the server frees the slot just after closing the socket
     assert m("asasnn_active_sessions", model="default") == 0
     assert m("asasnn_queue_depth", model="default") == 0
     assert m("asasnn_batch_size_count", model="default") > 0
     text = httpx.get(server.http + "/metrics").text
     for name in (
-        "asasnn_events_received_total", "asasnn_steps_total", "asasnn_step_latency_seconds_bucket",
-        "asasnn_e2e_latency_seconds_bucket", "asasnn_layer_spike_rate", "asasnn_network_spike_rate",
-        "asasnn_energy_proxy_joules_total", "asasnn_synaptic_ops_total", 'asasnn_layer_neurons{layer="fc2",model="default"} 10.0',
+        "asasnn_events_received_total",
+        "asasnn_steps_total",
+        "asasnn_step_latency_seconds_bucket",
+        "asasnn_e2e_latency_seconds_bucket",
+        "asasnn_layer_spike_rate",
+        "asasnn_network_spike_rate",
+        "asasnn_energy_proxy_joules_total",
+        "asasnn_synaptic_ops_total",
+        'asasnn_layer_neurons{layer="fc2",model="default"} 10.0',
     ):
         assert name in text, name
+
+
+def test_window_model_streams_with_fresh_outputs_every_hop(server, gesture):
+    """The paper's ASA needs whole windows: a fresh output every ``hop`` steps once T have passed."""
+    s = asyncio.run(
+        stream_async(
+            server.ws, split_packets(gesture, 10_000), model="asa-window", output={"probabilities": True}
+        )
+    )
+    preds = s.predictions
+    assert s.ready["model"]["mode"] == "window" and len(preds) == 30
+    assert [p["step"] for p in preds if p["evaluated"]] == [15, 19, 23, 27]  # T = 16, hop = 4
+    assert np.allclose([p["probabilities"] for p in preds[:15]], 0.1)  # nothing evaluated yet: uniform
+    assert preds[16]["probabilities"] == preds[15]["probabilities"]  # held until the next evaluation
+    offline = classify(server.http, gesture, model="asa-window", include_steps=True)
+    assert [p["probabilities"] for p in preds] == [q["probabilities"] for q in offline["step_predictions"]]
+    assert s.end["label"] == offline["label"] and s.end["energy_j"] == offline["energy_j"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import numpy as np
 import pytest
@@ -38,11 +39,17 @@ def run(coro):
 
 BAD_BINARY = [
     ("truncated", lambda: events(0, 2).tobytes()[:-1], "misaligned_packet", "25 bytes is not a whole number"),
-    ("misaligned", lambda: events(0, 2).tobytes() + bytes(5), "misaligned_packet", "2 records + 5 stray bytes"),
+    (
+        "misaligned",
+        lambda: events(0, 2).tobytes() + bytes(5),
+        "misaligned_packet",
+        "2 records + 5 stray bytes",
+    ),
     (
         "shifted",  # right length, records shifted by one byte: fields become garbage
         lambda: b"\x07" + events(0, 4).tobytes()[:-1],
-        None, "",
+        None,
+        "",
     ),
     ("outside_sensor", lambda: events(0, 3, x=200), "out_of_range", "x=200"),
     ("bad_polarity", lambda: make_events([0, 1], [1, 1], [1, 1], [1, 7]), "bad_polarity", "got 7"),
@@ -62,7 +69,13 @@ def test_bad_packets_are_refused_and_the_session_goes_on(server, name, make, cod
         if code is not None:
             assert err["code"] == code
         else:
-            assert err["code"] in ("out_of_range", "bad_polarity", "unsorted", "time_backwards", "negative_time")
+            assert err["code"] in (
+                "out_of_range",
+                "bad_polarity",
+                "unsorted",
+                "time_backwards",
+                "negative_time",
+            )
         assert words in err["message"] and err["fatal"] is False
         await still_works(s, 1_100_000)
         await still_works(other, 0)
@@ -170,7 +183,7 @@ def test_unknown_model(server, name):
         with pytest.raises(ServiceError) as e:
             await StreamSession.connect(server.ws, model=name)
         assert e.value.code == "unknown_model" and e.value.close_code == 4404
-        assert "served models: ['default', 'other']" in e.value.message
+        assert "served models: ['asa-window', 'default', 'other']" in e.value.message
 
     run(go())
 
@@ -182,7 +195,11 @@ def test_api_keys_ws(model_dir):
         async def go():
             with pytest.raises(ServiceError) as e:
                 await StreamSession.connect(srv.ws)
-            assert e.value.code == "unauthorized" and e.value.close_code == 4401 and "missing API key" in e.value.message
+            assert (
+                e.value.code == "unauthorized"
+                and e.value.close_code == 4401
+                and "missing API key" in e.value.message
+            )
             with pytest.raises(ServiceError) as e:
                 await StreamSession.connect(srv.ws, api_key="wrong-key-123")
             assert e.value.message == "invalid API key"
@@ -196,7 +213,9 @@ def test_api_keys_ws(model_dir):
 
 
 def test_session_limits_idle_and_rate(model_dir):
-    with live_server(model_dir, max_sessions=2, idle_timeout_s=0.6, max_events_per_second=2000, rate_burst_s=1.0) as srv:
+    with live_server(
+        model_dir, max_sessions=2, idle_timeout_s=0.6, max_events_per_second=2000, rate_burst_s=1.0
+    ) as srv:
 
         async def go():
             a = await StreamSession.connect(srv.ws)
@@ -212,10 +231,13 @@ def test_session_limits_idle_and_rate(model_dir):
             # idle: b says nothing
             err = await b.wait_for("error", timeout=5)
             assert err["code"] == "idle_timeout" and err["fatal"]
-            await asyncio.sleep(0.2)
+            await asyncio.wait_for(b._reader, 5)  # the close follows the error
             assert b.close_code == 4408
             await a.close()
 
         run(go())
         assert srv.metric("asasnn_events_rejected_total", model="default", reason="rate_limited") == 1500
+        deadline = time.monotonic() + 5
+        while srv.state.connections and time.monotonic() < deadline:  # the server sees a's close
+            time.sleep(0.02)
         assert srv.state.connections == 0

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", help="real frames for the check: .npy / .npz array [T, (B,) 2, H, W]")
     parser.add_argument("--events", help="real events for the check: a recording models.events can read")
     parser.add_argument("--min-agreement", type=float, default=0.9999, help="spike agreement needed (0..1)")
-    parser.add_argument("--rate-tol", type=float, default=None, help="output-rate tolerance (default 1.5 / T)")
+    parser.add_argument("--rate-tol", type=float, default=None, help="output-rate tolerance (default max(0.1, 1.5 / T))")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output directory")
 
 
@@ -89,7 +89,8 @@ def _real_frames(args: argparse.Namespace, card: Any) -> Any:
     return None
 
 
-def _print_report(rep: Any, out: Any = sys.stdout) -> None:
+def _print_report(rep: Any, out: Any = None) -> None:
+    out = out or sys.stdout
     print(
         f"  spike agreement {rep.spike_agreement:.6%} (need >= {rep.min_agreement:.4%}), "
         f"max output difference {rep.max_out_diff:.3g}, output-rate difference {rep.max_rate_diff:.3g} "

@@ -18,7 +18,14 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile, s
 from service.api.deps import AuthDep, ReadyDep, lookup_model
 from service.protocol import ProtocolError
 from service.recordings import RecordingError, classify_events, count_steps, decode_recording
-from service.schemas import ClassifyBatchResult, ClassifyResult, ErrorBody, OutputOptions, ReadoutOptions, SensorSpec
+from service.schemas import (
+    ClassifyBatchResult,
+    ClassifyResult,
+    ErrorBody,
+    OutputOptions,
+    ReadoutOptions,
+    SensorSpec,
+)
 from service.state import ServiceState
 
 router = APIRouter(prefix="/v1/classify", tags=["classify"], dependencies=[AuthDep])
@@ -38,7 +45,9 @@ class Options:
     def __init__(
         self,
         model: Annotated[str | None, Form(description="model name; default: the default model")] = None,
-        format: Annotated[Literal["aedat4", "npy", "npz", "wire"] | None, Form(description="skip detection")] = None,
+        format: Annotated[
+            Literal["aedat4", "npy", "npz", "wire"] | None, Form(description="skip detection")
+        ] = None,
         sensor_width: Annotated[int | None, Form(ge=1, le=65535)] = None,
         sensor_height: Annotated[int | None, Form(ge=1, le=65535)] = None,
         dt_us: Annotated[int | None, Form(ge=100, le=10_000_000)] = None,
@@ -70,7 +79,11 @@ async def _spool(upload: UploadFile, limit: int) -> str:
     """Copy an upload to a named temp file (readers need a path); 413 beyond ``limit`` bytes."""
     name = upload.filename or "upload"
     if upload.size is not None and upload.size > limit:
-        raise _error(413, "upload_too_large", f"{name}: {upload.size} bytes exceeds the limit of {limit} bytes per recording")
+        raise _error(
+            413,
+            "upload_too_large",
+            f"{name}: {upload.size} bytes exceeds the limit of {limit} bytes per recording",
+        )
     fd, path = tempfile.mkstemp(prefix="asasnn-upload-")
     with os.fdopen(fd, "wb") as out:
         await asyncio.to_thread(shutil.copyfileobj, upload.file, out)
@@ -90,18 +103,27 @@ async def _classify_one(state: ServiceState, upload: UploadFile, opts: Options) 
         raise _error(e.status, e.code, e.message) from None
     finally:
         os.unlink(path)
-    sensor = opts.sensor or (SensorSpec(width=file_sensor.width, height=file_sensor.height) if file_sensor else None)
+    sensor = opts.sensor or (
+        SensorSpec(width=file_sensor.width, height=file_sensor.height) if file_sensor else None
+    )
     try:
         cfg = state.session_config(
-            entry, sensor=sensor, dt_us=opts.dt_us, ds=opts.ds, t_start_us=opts.t_start_us,
-            readout=opts.readout, output=opts.output, live=False,
+            entry,
+            sensor=sensor,
+            dt_us=opts.dt_us,
+            ds=opts.ds,
+            t_start_us=opts.t_start_us,
+            readout=opts.readout,
+            output=opts.output,
+            live=False,
         )
     except ProtocolError as e:
         raise _error(422, e.code, e.message) from None
     steps = count_steps(events, cfg.binner, opts.t_start_us)
     if steps > s.max_recording_steps:
         raise _error(
-            413, "recording_too_long",
+            413,
+            "recording_too_long",
             f"{upload.filename or 'upload'}: {steps} timesteps of {cfg.binner.dt_us} us exceed the limit of "
             f"{s.max_recording_steps}",
         )
@@ -134,8 +156,11 @@ async def classify_batch(
     """Classify several recordings; they run as parallel streams, batched together."""
     if len(files) > state.settings.max_batch_files:
         raise _error(
-            status.HTTP_413_CONTENT_TOO_LARGE, "too_many_files",
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            "too_many_files",
             f"{len(files)} files; at most {state.settings.max_batch_files} per request",
         )
     results = await asyncio.gather(*(_classify_one(state, f, opts) for f in files))
-    return ClassifyBatchResult(model=results[0].model if results else lookup_model(state, opts.model).name, results=list(results))
+    return ClassifyBatchResult(
+        model=results[0].model if results else lookup_model(state, opts.model).name, results=list(results)
+    )

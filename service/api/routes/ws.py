@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import time
+
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from models.events.types import EVENT_BYTES
@@ -33,7 +34,14 @@ from service.protocol import (
     parse_start,
 )
 from service.registry import ModelNotFound
-from service.schemas import PROTOCOL_VERSION, AdvanceMessage, FlushMessage, ResetMessage, StartMessage, StopMessage
+from service.schemas import (
+    PROTOCOL_VERSION,
+    AdvanceMessage,
+    FlushMessage,
+    ResetMessage,
+    StartMessage,
+    StopMessage,
+)
 from service.session import Session
 from service.state import ServiceState
 
@@ -41,9 +49,14 @@ router = APIRouter(tags=["stream"])
 log = logging.getLogger("asasnn.ws")
 
 _FATAL_CLOSE = {
-    "unauthorized": CLOSE_UNAUTHORIZED, "unknown_model": CLOSE_UNKNOWN_MODEL, "idle_timeout": CLOSE_IDLE,
-    "too_many_sessions": CLOSE_TOO_MANY, "not_ready": CLOSE_UNAVAILABLE, "unavailable": CLOSE_UNAVAILABLE,
-    "model_unavailable": CLOSE_UNAVAILABLE, "internal": CLOSE_INTERNAL,
+    "unauthorized": CLOSE_UNAUTHORIZED,
+    "unknown_model": CLOSE_UNKNOWN_MODEL,
+    "idle_timeout": CLOSE_IDLE,
+    "too_many_sessions": CLOSE_TOO_MANY,
+    "not_ready": CLOSE_UNAVAILABLE,
+    "unavailable": CLOSE_UNAVAILABLE,
+    "model_unavailable": CLOSE_UNAVAILABLE,
+    "internal": CLOSE_INTERNAL,
 }
 
 
@@ -64,9 +77,13 @@ async def infer(ws: WebSocket) -> None:
     if problem is not None:
         return await _refuse(ws, state, "unauthorized", problem)
     if not state.ready:
-        return await _refuse(ws, state, "not_ready", state.load_error or "models are still loading; retry shortly")
+        return await _refuse(
+            ws, state, "not_ready", state.load_error or "models are still loading; retry shortly"
+        )
     if state.connections >= s.max_sessions:
-        return await _refuse(ws, state, "too_many_sessions", f"the server is at its limit of {s.max_sessions} sessions")
+        return await _refuse(
+            ws, state, "too_many_sessions", f"the server is at its limit of {s.max_sessions} sessions"
+        )
     state.connections += 1
     try:
         await _serve(ws, state)
@@ -83,7 +100,9 @@ async def _serve(ws: WebSocket, state: ServiceState) -> None:
     if msg["type"] == "websocket.disconnect":
         return
     if msg.get("text") is None:
-        return await _refuse(ws, state, "not_started", "the first message must be a JSON 'start' message, not binary")
+        return await _refuse(
+            ws, state, "not_started", "the first message must be a JSON 'start' message, not binary"
+        )
     try:
         start = parse_start(msg["text"])
         session = await _open(state, start)
@@ -102,28 +121,47 @@ async def _open(state: ServiceState, start: StartMessage) -> Session:
     except ModelNotFound as e:
         raise ProtocolError("unknown_model", str(e), fatal=True) from None
     if entry.runner is None:
-        raise ProtocolError("model_unavailable", f"model {entry.name!r} did not load: {entry.error}", fatal=True)
+        raise ProtocolError(
+            "model_unavailable", f"model {entry.name!r} did not load: {entry.error}", fatal=True
+        )
     cfg = state.session_config(
-        entry, sensor=start.sensor, dt_us=start.dt_us, ds=start.ds, t_start_us=start.t_start_us,
-        readout=start.readout, output=start.output,
+        entry,
+        sensor=start.sensor,
+        dt_us=start.dt_us,
+        ds=start.ds,
+        t_start_us=start.t_start_us,
+        readout=start.readout,
+        output=start.output,
     )
     session = Session(state.engine, state.worker(entry), cfg)
     await session.open()
     b = cfg.binner
-    session.emit({
-        "type": "ready", "version": PROTOCOL_VERSION, "session": session.id,
-        "model": state.summary(entry).model_dump(),
-        "binning": {
-            "sensor": {"width": b.sensor.width, "height": b.sensor.height}, "dt_us": b.dt_us, "ds": b.ds,
-            "mode": b.mode, "max_gap_steps": b.max_gap_bins, "t_start_us": cfg.t_start_us,
-        },
-        "readout": cfg.readout.model_dump(), "output": cfg.output.model_dump(),
-        "limits": {
-            "max_packet_bytes": state.settings.max_packet_bytes, "max_packet_events": state.settings.max_packet_bytes // EVENT_BYTES,
-            "max_events_per_second": state.settings.max_events_per_second, "max_queue_steps": cfg.limits.max_queue_steps,
-            "backpressure": cfg.limits.backpressure, "idle_timeout_s": state.settings.idle_timeout_s,
-        },
-    })
+    session.emit(
+        {
+            "type": "ready",
+            "version": PROTOCOL_VERSION,
+            "session": session.id,
+            "model": state.summary(entry).model_dump(),
+            "binning": {
+                "sensor": {"width": b.sensor.width, "height": b.sensor.height},
+                "dt_us": b.dt_us,
+                "ds": b.ds,
+                "mode": b.mode,
+                "max_gap_steps": b.max_gap_bins,
+                "t_start_us": cfg.t_start_us,
+            },
+            "readout": cfg.readout.model_dump(),
+            "output": cfg.output.model_dump(),
+            "limits": {
+                "max_packet_bytes": state.settings.max_packet_bytes,
+                "max_packet_events": state.settings.max_packet_bytes // EVENT_BYTES,
+                "max_events_per_second": state.settings.max_events_per_second,
+                "max_queue_steps": cfg.limits.max_queue_steps,
+                "backpressure": cfg.limits.backpressure,
+                "idle_timeout_s": state.settings.idle_timeout_s,
+            },
+        }
+    )
     return session
 
 
@@ -136,7 +174,11 @@ async def _run(ws: WebSocket, state: ServiceState, session: Session) -> None:
             try:
                 msg = await asyncio.wait_for(ws.receive(), s.idle_timeout_s)
             except TimeoutError:
-                e = ProtocolError("idle_timeout", f"no message for {s.idle_timeout_s:.0f} s; closing the session", fatal=True)
+                e = ProtocolError(
+                    "idle_timeout",
+                    f"no message for {s.idle_timeout_s:.0f} s; closing the session",
+                    fatal=True,
+                )
                 session.emit(e.to_message())
                 close_code = CLOSE_IDLE
                 break
@@ -204,7 +246,8 @@ async def _send_loop(ws: WebSocket, state: ServiceState, session: Session) -> No
             return
         try:
             await ws.send_text(json.dumps(msg))
-        except Exception:  # the client went away; the receive loop sees the disconnect
+        except Exception:  # noqa: BLE001 - the client went away (any transport error)
+            session.abort()  # a receive loop blocked on backpressure must not wait for the stall timeout
             return
         if ready_at is not None:
             e2e.observe(time.perf_counter() - ready_at)
@@ -214,4 +257,3 @@ async def _send_loop(ws: WebSocket, state: ServiceState, session: Session) -> No
             with contextlib.suppress(Exception):
                 await ws.close(_FATAL_CLOSE.get(msg["code"], CLOSE_BAD_START), msg["code"][:100])
             return
-

@@ -1,79 +1,32 @@
-"""Bundles shared by the runtime tests: exported once per session (each export takes seconds).
-
-Every network is calibrated (:func:`models.runtime.calibrate.calibrate_untrained`) so that all of
-its layers spike on the test frames; agreement checks on a silent layer would prove nothing.
-"""
+"""Fixtures of the runtime tests: bundles exported once per session (each export takes seconds)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from models.attention import AttentionConfig
-from models.config import preset
-from models.network import SpikingNet
-from models.runtime.bundle import Bundle, load_bundle
-from models.runtime.calibrate import calibrate_untrained
-from models.runtime.export import build_card, export_bundle, random_frames
+from models.runtime.bundle import Bundle
+from models.runtime.export import random_frames
 
-CLASSES = [f"class{i}" for i in range(5)]
+# Under --import-mode=importlib no test folder is on sys.path; the tests of this folder share
+# runtime_support.py (a unique top-level name), so its folder goes on the path here.
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
 
-# These networks are small: threads buy nothing, and on a busy 2-core machine spinning OpenMP /
-# ONNX Runtime threads make every step orders of magnitude slower.
-torch.set_num_threads(1)
-
-
-@dataclass
-class Spec:
-    preset: str
-    attention: str
-    timesteps: int
-    input_size: tuple[int, int]
-    sensor: tuple[int, int]
-    ds: int
-
-
-SPECS = {
-    "tiny-none": Spec("tiny", "none", 16, (32, 32), (128, 128), 4),
-    "tiny-causal": Spec("tiny", "causal-asa", 16, (32, 32), (128, 128), 4),
-    "gesture3-causal": Spec("gesture3", "causal-asa", 12, (16, 16), (64, 64), 4),
-    "tiny-asa": Spec("tiny", "asa", 6, (32, 32), (128, 128), 4),
-}
-STEP_KINDS = ("tiny-none", "tiny-causal", "gesture3-causal")
-
-
-def make_net(key: str, seed: int = 0) -> SpikingNet:
-    s = SPECS[key]
-    torch.manual_seed(seed)
-    cfg = preset(s.preset, len(CLASSES), AttentionConfig(kind=s.attention), s.timesteps, s.input_size)
-    net = SpikingNet(cfg).eval()
-    frames = torch.from_numpy(random_frames(max(s.timesteps, 8), 4, (2, *s.input_size), seed=seed + 100))
-    return calibrate_untrained(net, frames)
-
-
-def export(key: str, out: Path, seed: int = 0) -> Bundle:
-    s = SPECS[key]
-    net = make_net(key, seed)
-    card = build_card(net, classes=CLASSES, sensor=s.sensor, ds=s.ds, dt_us=20_000, hop=2 if s.attention == "asa" else None)
-    export_bundle(net, card, out)
-    return load_bundle(out)
+from runtime_support import export  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Bundle]:
     """Lazily exported bundles by key (see SPECS)."""
-    cache: dict[str, Bundle] = {}
 
     class Lazy(dict):
         def __missing__(self, key: str) -> Bundle:
-            b = export(key, tmp_path_factory.mktemp("bundle") / key)
-            cache[key] = b
-            self[key] = b
-            return b
+            self[key] = export(key, tmp_path_factory.mktemp("bundle") / key)
+            return self[key]
 
     return Lazy()
 

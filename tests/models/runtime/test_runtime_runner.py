@@ -18,10 +18,10 @@ from models.runtime.runner import (
     make_session,
     ort_providers,
 )
+from runtime_support import STEP_KINDS
 
 MIN_AGREEMENT = 0.9999
 BACKENDS = ("torch", "onnx")
-STEP_KINDS = ("tiny-none", "tiny-causal", "gesture3-causal")  # bundles of conftest.py
 
 
 class _Spikes:

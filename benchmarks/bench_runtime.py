@@ -1,0 +1,246 @@
+"""Per-step latency and throughput of the stateful runtime, against two baselines in the same run.
+
+For each model (the bundled default, else the ``tiny`` preset with causal ASA; and the paper's 3-conv
+``gesture3`` with causal ASA, 2x32x32 input, T=60) and each batch size (streams stepped together):
+
+* ``onnx``  : :class:`OrtStepRunner` (the bundle's step graph, IO binding, slot gather/scatter);
+* ``torch`` : :class:`TorchStepRunner`, eager (baseline b), BatchNorm folded as in the ONNX graph;
+* ``torch.compile`` (``--compile``): the same runner with ``torch.compile``;
+* ``window``: baseline a, re-running the whole T-window multi-step network (torch, eager) for every
+  new timestep, which is what a runtime without carried state has to do.
+
+Latency is the wall time of one ``step(slots, frames)`` call (gather, network, scatter, outputs),
+median and 99th percentile over as many calls as fit the time budget; streams/s is batch / median.
+Untrained networks are calibrated so every layer spikes (the dense compute does not depend on it).
+
+Run: ``python benchmarks/bench_runtime.py [--markdown FILE]`` or ``asasnn bench runtime``. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+# Run as a script, Python puts benchmarks/ on the path, not the repository root.
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+DEFAULT_BUNDLE = REPO / "models" / "bundled" / "default"
+
+
+@dataclass
+class Row:
+    model: str
+    backend: str
+    batch: int
+    median_ms: float
+    p99_ms: float
+    streams_per_s: float
+    calls: int
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", default="default,gesture3", help="comma list: default, tiny, gesture3")
+    parser.add_argument("--batches", default="1,8,32,128", help="comma list of batch sizes (streams per step)")
+    parser.add_argument("--backends", default="onnx,torch", help="comma list: onnx, torch")
+    parser.add_argument("--threads", type=int, default=2, help="threads for ONNX Runtime and torch (default 2)")
+    parser.add_argument("--budget", type=float, default=2.0, help="seconds of timing per cell (default 2)")
+    parser.add_argument("--no-window", action="store_true", help="skip baseline a (window recomputation)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--json", help="write the raw results here")
+    parser.add_argument("--markdown", help="write the markdown table here")
+
+
+def _machine() -> dict[str, Any]:
+    import numpy
+    import onnxruntime
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__,
+        "load_avg_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _bundle(name: str, workdir: Path):
+    """(label, bundle) for a model name; exports calibrated untrained networks when needed."""
+    import torch
+
+    from models.attention import AttentionConfig
+    from models.config import preset
+    from models.network import SpikingNet
+    from models.runtime.bundle import load_bundle
+    from models.runtime.calibrate import calibrate_untrained
+    from models.runtime.export import build_card, export_bundle, random_frames
+
+    if name == "default" and (DEFAULT_BUNDLE / "card.json").exists():
+        b = load_bundle(DEFAULT_BUNDLE)
+        return f"default ({b.card.name}, {b.card.attention})", b
+    preset_name = "tiny" if name == "default" else name
+    torch.manual_seed(0)
+    cfg = preset(preset_name, 11, AttentionConfig(kind="causal-asa"))
+    net = SpikingNet(cfg).eval()
+    calibrate_untrained(net, torch.from_numpy(random_frames(16, 4, (2, *cfg.input_size))))
+    sensor = (cfg.input_size[1] * 4, cfg.input_size[0] * 4)
+    card = build_card(net, classes=[f"c{i}" for i in range(11)], sensor=sensor, ds=4, dt_us=15_000)
+    out = workdir / name
+    export_bundle(net, card, out, overwrite=True)
+    label = f"{preset_name} (causal-asa, untrained)" if name != "default" else "tiny (causal-asa; no trained default yet)"
+    return label, load_bundle(out)
+
+
+def _time(fn, budget: float, min_calls: int = 5, max_calls: int = 5000) -> list[float]:
+    import numpy as np
+
+    for _ in range(3):  # warm-up: allocations, ORT arenas, caches
+        fn()
+    times: list[float] = []
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        while len(times) < max_calls and (len(times) < min_calls or time.perf_counter() - start < budget):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    finally:
+        gc.enable()
+    return [float(x) for x in np.asarray(times) * 1e3]
+
+
+def _row(model: str, backend: str, batch: int, ms: list[float]) -> Row:
+    import numpy as np
+
+    med = float(np.median(ms))
+    return Row(model, backend, batch, med, float(np.percentile(ms, 99)), batch / med * 1e3, len(ms))
+
+
+def run(
+    models: tuple[str, ...] = ("default", "gesture3"),
+    batches: tuple[int, ...] = (1, 8, 32, 128),
+    backends: tuple[str, ...] = ("onnx", "torch"),
+    threads: int = 2,
+    budget: float = 2.0,
+    window: bool = True,
+    compile: bool = False,
+    log=print,
+) -> dict[str, Any]:
+    import torch
+
+    from models.runtime.export import random_frames
+    from models.runtime.runner import OrtStepRunner, TorchStepRunner
+    from models.runtime.window import TorchWindowEval
+
+    torch.set_num_threads(threads)
+    result: dict[str, Any] = {"machine": _machine(), "threads": threads, "rows": [], "models": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in models:
+            label, b = _bundle(name, Path(tmp))
+            T = b.card.timesteps
+            result["models"][label] = {"timesteps": T, "bytes_per_stream": None}
+            runners: dict[str, Any] = {}
+            if "onnx" in backends:
+                runners["onnx"] = OrtStepRunner(b.onnx_path, b.card, b.net, "cpu", threads=threads)
+            if "torch" in backends:
+                runners["torch eager"] = TorchStepRunner(b.net, b.card, "cpu")
+            if compile:
+                runners["torch.compile"] = TorchStepRunner(b.net, b.card, "cpu", compile=True)
+            for n in batches:
+                frames = random_frames(1, n, b.card.frame_shape, seed=n)[0]
+                for key, r in runners.items():
+                    slots = [r.open() for _ in range(n)]
+                    ms = _time(lambda: r.step(slots, frames), budget)
+                    for s in slots:
+                        r.close(s)
+                    result["models"][label]["bytes_per_stream"] = r.bytes_per_stream()
+                    row = _row(label, key, n, ms)
+                    result["rows"].append(asdict(row))
+                    log(f"{label:>40} {key:>14} batch {n:>4}: median {row.median_ms:9.3f} ms  p99 {row.p99_ms:9.3f} ms  "
+                        f"{row.streams_per_s:10.1f} streams/s  ({row.calls} calls)")
+                if window:
+                    ev = TorchWindowEval(b.net, "cpu")
+                    win = random_frames(T, n, b.card.frame_shape, seed=n)
+                    ms = _time(lambda: ev(win), budget, min_calls=2, max_calls=200)
+                    row = _row(label, f"window (T={T})", n, ms)
+                    result["rows"].append(asdict(row))
+                    log(f"{label:>40} {'window':>14} batch {n:>4}: median {row.median_ms:9.3f} ms  p99 {row.p99_ms:9.3f} ms  "
+                        f"{row.streams_per_s:10.1f} streams/s  ({row.calls} calls)")
+            del runners
+    result["machine"]["load_avg_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return result
+
+
+def format_markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, torch {m['torch']}, "
+        f"onnxruntime {m['onnxruntime']}; {result['threads']} threads per backend; load average "
+        f"{m['load_avg_at_start']:.2f} at start, {m['load_avg_at_end']:.2f} at end.",
+        "",
+        "| model | backend | batch | median ms / step | p99 ms / step | streams / s | calls |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['model']} | {r['backend']} | {r['batch']} | {r['median_ms']:.3f} | {r['p99_ms']:.3f} | "
+            f"{r['streams_per_s']:.0f} | {r['calls']} |"
+        )
+    lines += ["", "| model | batch | torch eager / onnx | window / torch eager step | window / onnx step | T/2 |",
+              "|---|---:|---:|---:|---:|---:|"]
+    by = {(r["model"], r["backend"].split(" (")[0], r["batch"]): r["median_ms"] for r in result["rows"]}
+    for model, info in result["models"].items():
+        for batch in sorted({r["batch"] for r in result["rows"] if r["model"] == model}):
+            onnx, eager, win = (by.get((model, k, batch)) for k in ("onnx", "torch eager", "window"))
+            cells = [
+                f"{eager / onnx:.1f}x" if eager and onnx else "-",
+                f"{win / eager:.1f}x" if win and eager else "-",
+                f"{win / onnx:.1f}x" if win and onnx else "-",
+            ]
+            lines.append(f"| {model} | {batch} | {' | '.join(cells)} | {info['timesteps'] / 2:g} |")
+    lines += ["", "Memory per stream (state): " + ", ".join(
+        f"{model}: {info['bytes_per_stream'] / 1024:.1f} KiB" for model, info in result["models"].items()
+        if info["bytes_per_stream"]
+    ) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main(args: argparse.Namespace | None = None) -> int:
+    if args is None:
+        parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+        add_arguments(parser)
+        args = parser.parse_args()
+    result = run(
+        models=tuple(args.models.split(",")), batches=tuple(int(b) for b in args.batches.split(",")),
+        backends=tuple(args.backends.split(",")), threads=args.threads, budget=args.budget,
+        window=not args.no_window, compile=args.compile,
+    )
+    text = format_markdown(result)
+    print()
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
