@@ -56,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="threads for ONNX Runtime and torch (default 2)")
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of timing per cell (default 2)")
     parser.add_argument("--no-window", action="store_true", help="skip baseline a (window recomputation)")
+    parser.add_argument("--window-max-s", type=float, default=20.0,
+                        help="skip a window cell whose one evaluation is estimated to take longer (default 20)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--json", help="write the raw results here")
     parser.add_argument("--markdown", help="write the markdown table here")
@@ -141,6 +143,7 @@ def run(
     budget: float = 2.0,
     window: bool = True,
     compile: bool = False,
+    window_max_s: float = 20.0,
     log=print,
 ) -> dict[str, Any]:
     import torch
@@ -163,6 +166,7 @@ def run(
                 runners["torch eager"] = TorchStepRunner(b.net, b.card, "cpu")
             if compile:
                 runners["torch.compile"] = TorchStepRunner(b.net, b.card, "cpu", compile=True)
+            last_window: tuple[int, float] | None = None  # (batch, seconds per evaluation)
             for n in batches:
                 frames = random_frames(1, n, b.card.frame_shape, seed=n)[0]
                 for key, r in runners.items():
@@ -175,11 +179,16 @@ def run(
                     result["rows"].append(asdict(row))
                     log(f"{label:>40} {key:>14} batch {n:>4}: median {row.median_ms:9.3f} ms  p99 {row.p99_ms:9.3f} ms  "
                         f"{row.streams_per_s:10.1f} streams/s  ({row.calls} calls)")
-                if window:
+                if window and last_window and last_window[1] * n / last_window[0] > window_max_s:
+                    est = last_window[1] * n / last_window[0]
+                    log(f"{label:>40} {'window':>14} batch {n:>4}: skipped (about {est:.0f} s per evaluation)")
+                    result["skipped"] = result.get("skipped", []) + [[label, n, est]]
+                elif window:
                     ev = TorchWindowEval(b.net, "cpu")
                     win = random_frames(T, n, b.card.frame_shape, seed=n)
                     ms = _time(lambda: ev(win), budget, min_calls=2, max_calls=200)
                     row = _row(label, f"window (T={T})", n, ms)
+                    last_window = (n, row.median_ms / 1e3)
                     result["rows"].append(asdict(row))
                     log(f"{label:>40} {'window':>14} batch {n:>4}: median {row.median_ms:9.3f} ms  p99 {row.p99_ms:9.3f} ms  "
                         f"{row.streams_per_s:10.1f} streams/s  ({row.calls} calls)")
@@ -215,6 +224,9 @@ def format_markdown(result: dict[str, Any]) -> str:
                 f"{win / onnx:.1f}x" if win and onnx else "-",
             ]
             lines.append(f"| {model} | {batch} | {' | '.join(cells)} | {info['timesteps'] / 2:g} |")
+    for label, n, est in result.get("skipped", []):
+        lines.append(f"\nWindow recomputation for {label} at batch {n} skipped: about {est:.0f} s per step "
+                     "(extrapolated linearly from the largest batch measured).")
     lines += ["", "Memory per stream (state): " + ", ".join(
         f"{model}: {info['bytes_per_stream'] / 1024:.1f} KiB" for model, info in result["models"].items()
         if info["bytes_per_stream"]
@@ -230,7 +242,7 @@ def main(args: argparse.Namespace | None = None) -> int:
     result = run(
         models=tuple(args.models.split(",")), batches=tuple(int(b) for b in args.batches.split(",")),
         backends=tuple(args.backends.split(",")), threads=args.threads, budget=args.budget,
-        window=not args.no_window, compile=args.compile,
+        window=not args.no_window, compile=args.compile, window_max_s=args.window_max_s,
     )
     text = format_markdown(result)
     print()

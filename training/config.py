@@ -220,7 +220,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             )
         else:
             conv = (lambda s, t=tp: None if s.lower() == "none" else t(s)) if f.default is None else tp
-            choices = {"dataset": DATASETS, "attention": ATTENTIONS, "loss": LOSSES, "network": PRESETS}.get(f.name)
+            choices = {"dataset": DATASETS, "attention": ATTENTIONS, "loss": LOSSES, "network": PRESETS,
+                       "variant": (1, 2), "grad": ("ste", "none")}.get(f.name)
             group.add_argument(flag, dest=f.name, type=conv, default=None, choices=choices, help=help_text)
 
 

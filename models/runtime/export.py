@@ -2,7 +2,8 @@
 
 * :func:`fold_batchnorm` folds each conv block's BatchNorm into its convolution (a copy; the
   original is untouched). ``W' = W * g / sqrt(v + eps)``, ``b' = beta - m * g / sqrt(v + eps)``,
-  computed in float64.
+  computed in float64. For the exported graphs a following 2x2 average pool is folded as well
+  (a 4x4 stride-2 convolution: the same function with 2.25x fewer multiply-accumulates).
 * :func:`export_onnx` writes one of two graphs (dynamo exporter, opset 18, dynamic batch ``batch``):
 
   - **step** (networks with attention ``none`` / ``causal-asa``): inputs ``frames [B, 2, H, W]`` and
@@ -67,9 +68,15 @@ class VerificationError(RuntimeError):
         self.report = report
 
 
-# ---- BatchNorm folding ---------------------------------------------------------------------------
-def fold_batchnorm(net: SpikingNet) -> SpikingNet:
-    """A copy of ``net`` (eval mode, no gradients) with every Conv2d-BatchNorm2d pair folded."""
+# ---- folding -------------------------------------------------------------------------------------
+def fold_batchnorm(net: SpikingNet, fold_pool: bool = False) -> SpikingNet:
+    """A copy of ``net`` (eval mode, no gradients) with every Conv2d-BatchNorm2d pair folded.
+
+    With ``fold_pool`` a following 2x2 average pool is folded too: ``Conv3x3(pad 1) -> AvgPool2``
+    equals ``Conv4x4(stride 2, pad 1)`` with kernel ``K = (k * box2x2) / 4`` (BatchNorm, a per-channel
+    affine map, commutes with the pooling). Same function, 2.25x fewer multiply-accumulates; only
+    the float32 rounding differs (the export's verification covers it).
+    """
     out = copy.deepcopy(net).eval()
     for layer in out.layers:
         syn = layer.synapse
@@ -80,6 +87,12 @@ def fold_batchnorm(net: SpikingNet) -> SpikingNet:
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
                 syn[i] = _fold(conv, bn)
                 syn[i + 1] = nn.Identity()
+        if fold_pool:
+            mods = [m for m in syn if not isinstance(m, nn.Identity)]
+            if len(mods) == 2 and _poolable(mods[0], mods[1]):
+                folded = _fold_pool(mods[0])
+                for j, m in enumerate(syn):
+                    syn[j] = folded if m is mods[0] else nn.Identity()
     for p in out.parameters():
         p.requires_grad_(False)
     return out
@@ -100,6 +113,35 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     with torch.no_grad():
         new.weight.copy_(w * scale.view(-1, 1, 1, 1))
         new.bias.copy_((b - bn.running_mean.double()) * scale + shift)
+    return new
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
+
+
+def _poolable(conv: nn.Module, pool: nn.Module) -> bool:
+    return (
+        isinstance(conv, nn.Conv2d) and isinstance(pool, nn.AvgPool2d)
+        and conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
+        and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
+        and _pair(pool.kernel_size) == (2, 2) and _pair(pool.stride or pool.kernel_size) == (2, 2)
+        and _pair(pool.padding) == (0, 0) and not pool.ceil_mode and pool.divisor_override is None
+    )
+
+
+def _fold_pool(conv: nn.Conv2d) -> nn.Conv2d:
+    w = conv.weight.detach().double()
+    k = torch.zeros(*w.shape[:2], 4, 4, dtype=torch.float64, device=w.device)
+    for a in (0, 1):
+        for b in (0, 1):
+            k[:, :, a : a + 3, b : b + 3] += w / 4
+    new = nn.Conv2d(conv.in_channels, conv.out_channels, 4, stride=2, padding=1, bias=conv.bias is not None)
+    new = new.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(k)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
     return new
 
 
@@ -164,7 +206,7 @@ def export_onnx(net: SpikingNet, mode: Mode, with_spikes: bool = False, fold: bo
     """Serialized ONNX graph of ``net`` (see the module docstring). ``net`` is not modified."""
     from torch.export import Dim
 
-    model = fold_batchnorm(net) if fold else copy.deepcopy(net).eval().requires_grad_(False)
+    model = fold_batchnorm(net, fold_pool=True) if fold else copy.deepcopy(net).eval().requires_grad_(False)
     model = model.cpu().float()
     cfg = model.cfg
     inputs, outputs = expected_io(model, mode)

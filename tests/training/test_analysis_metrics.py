@@ -112,8 +112,16 @@ def test_background_share_entropy_and_patterns() -> None:
     feats[1, 0, 0] = 1.0  # one position
     ent = M.spatial_entropy(feats)
     assert ent[0] == pytest.approx(1.0) and ent[1] == 0.0 and math.isnan(ent[2])
-    pat = M.classify_patterns(np.array([0.3, 0.2, 0.001]), bg, min_rate=0.01, noise_share=0.5)
+    # the region covers half the grid (u = 0.5): 80 % of spikes off it is 4x denser off than on it
+    ratio = M.background_density_ratio(bg, 0.5)
+    assert ratio[:2].tolist() == pytest.approx([4.0, 1 / 9])
+    assert math.isnan(ratio[2])
+    assert M.background_density_ratio(np.array([1.0]), 0.5)[0] == np.inf
+    assert math.isnan(M.background_density_ratio(np.array([0.5]), 1.0)[0])  # no region at all
+    pat = M.classify_patterns(np.array([0.3, 0.2, 0.001]), ratio, min_rate=0.01, noise_ratio=1.0)
     assert pat.tolist() == [M.NOISE, M.NORMAL, M.NULL]
+    even = M.background_density_ratio(np.array([0.9]), 0.9)  # firing evenly: no preference
+    assert even[0] == pytest.approx(1.0)
 
 
 def test_ptd_of_a_known_histogram() -> None:

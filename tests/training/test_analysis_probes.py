@@ -118,6 +118,14 @@ def test_attention_recorder_is_passive_and_records_the_masks(kind: str) -> None:
             m1 = torch.stack(steps)
     assert torch.equal(rec.freq[0], m1.double().sum(1))
     assert torch.equal(rec.masks[0], m1[:, :2].permute(1, 0, 2))
+    rec2 = AttentionRecorder(net, keep=2)
+    rec2.want = torch.tensor([False, True, True])
+    with torch.no_grad():
+        net(x)
+    rec2.close()
+    assert torch.equal(rec2.masks[0], m1[:, 1:].permute(1, 0, 2))
+    assert rec2.maps[0].shape[0] == 2
+    assert torch.equal(rec2.maps[0][0], rec.maps[0][1])
     assert rec.samples[0] == 3
     t_maps = 1 if kind == "asa" else 4
     assert rec.maps[0].shape == (2, 2, t_maps, 16, 16)

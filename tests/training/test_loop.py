@@ -4,6 +4,7 @@ contract holds, and the train / eval commands work end to end on the synthetic s
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from models.config import NetworkConfig
@@ -48,8 +49,15 @@ class Bars:
         return make_events(t[o], np.concatenate(x)[o], np.concatenate(y)[o], p[o]), label
 
 
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    n = torch.get_num_threads()  # the runs below use one thread (faster on a small, busy CPU)
+    yield
+    torch.set_num_threads(n)
+
+
 def small(run_dir, **kw):
-    base = dict(timesteps=8, dt_us=20_000, ds=2, batch_size=16, lr=5e-3, weight_decay=0.0, test_clips=2)
+    base = dict(timesteps=8, dt_us=20_000, ds=2, batch_size=16, lr=5e-3, weight_decay=0.0, test_clips=2, threads=1)
     return TrainConfig(run_dir=str(run_dir), **{**base, **kw})
 
 
@@ -125,14 +133,14 @@ def cli(module, argv):
 def test_train_and_eval_commands_on_synthetic(tmp_path, capsys):
     run = tmp_path / "run"
     argv = [*SYNTH, "--timesteps", "6", "--dt-us", "50000", "--ds", "1", "--epochs", "1", "--batch-size", "10",
-            "--test-clips", "3", "--attention", "asa", "--run-dir", str(run), "--no-progress",
+            "--test-clips", "3", "--attention", "asa", "--threads", "1", "--run-dir", str(run), "--no-progress",
             "--cache-dir", str(tmp_path / "cache")]
     assert cli(train_cli, argv) == 0
     assert cli(train_cli, argv) == 2  # refuses to overwrite a run without --resume / --overwrite
     assert cli(train_cli, ["--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
     assert [r["epoch"] for r in log(run)] == [1, 2]
     out = tmp_path / "eval.json"
-    assert cli(eval_cli, [str(run / "best.pt"), "--json", str(out), "--no-progress"]) == 0
+    assert cli(eval_cli, [str(run / "best.pt"), "--json", str(out), "--no-progress", "--threads", "1"]) == 0
     report = json.loads(out.read_text())
     assert report["recordings"] == 10 and report["clips"] == 30 and report["split"] == "test"
     assert report["data"] == "synthetic test split, seed 0" and report["network"] == "tiny"
@@ -153,6 +161,33 @@ def test_train_and_eval_commands_on_synthetic(tmp_path, capsys):
                       metrics=info["metrics"], dataset=data["dataset"], train_config=info["train_config"])
     save_bundle(tmp_path / "bundle", card, net, None)
     out2 = tmp_path / "eval-bundle.json"
-    assert cli(eval_cli, [str(tmp_path / "bundle"), "--json", str(out2), "--no-progress"]) == 0
+    assert cli(eval_cli, [str(tmp_path / "bundle"), "--json", str(out2), "--no-progress", "--threads", "1"]) == 0
     again = json.loads(out2.read_text())
     assert again["accuracy"] == report["accuracy"] and again["nasfr"] == report["nasfr"]
+
+
+def test_trains_on_a_dvs128_gesture_folder(tmp_path):
+    """The real-data path: AEDAT 3.1 recordings + label CSVs in the release layout, one epoch."""
+    from training.data import write_aedat3
+
+    root = tmp_path / "DvsGesture"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for split, users in (("train", ["user01_led", "user02_led"]), ("test", ["user03_led"])):
+        (root / f"trials_to_{split}.txt").write_text("".join(f"{u}.aedat\n" for u in users))
+        for u in users:
+            n = 6000
+            t = np.sort(rng.integers(0, 1_200_000, n))
+            write_aedat3(root / f"{u}.aedat", make_events(t, rng.integers(0, 128, n), rng.integers(0, 128, n), rng.integers(0, 2, n)))
+            rows = [(1 + k % 11, 100_000 * k * 2, 100_000 * (k * 2 + 2)) for k in range(6)]
+            (root / f"{u}_labels.csv").write_text("class,startTime_usec,endTime_usec\n" + "".join(f"{c},{a},{b}\n" for c, a, b in rows))
+    cfg = TrainConfig(dataset="dvs128-gesture", root=str(tmp_path), timesteps=4, dt_us=40_000, ds=8, epochs=1, batch_size=4,
+                      test_clips=2, threads=1, run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+    trainer = Trainer(cfg, progress=False)
+    assert len(trainer.train_data) == 12 and trainer.val_data.num_recordings == 6 and len(trainer.classes) == 11
+    trainer.run()
+    ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ck["data"]["sensor"] == [128, 128] and ck["data"]["dataset"] == "dvs128-gesture"
+    assert tuple(ck["config"]["input_size"]) == (16, 16)
+    assert ck["metrics"]["data"].startswith("dvs128-gesture test split")
+    assert any((tmp_path / "cache").glob("events-dvs128-gesture/*")) and any((tmp_path / "cache").glob("frames-*"))

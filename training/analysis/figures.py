@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullLocator
 
 from training.analysis import metrics as M
 from training.analysis.run import ModelResult
@@ -178,7 +178,7 @@ def pick_channels(layer) -> list[tuple[str, int]]:
     out = [("most active", int(np.argmax(layer.csfr)))]
     active = np.flatnonzero(layer.pattern != M.NULL)
     if active.size:
-        focused = int(active[np.nanargmin(np.nan_to_num(layer.bg_share[active], nan=1.0))])
+        focused = int(active[np.argmin(np.nan_to_num(layer.bg_share[active], nan=1.0))])
         if focused != out[0][1]:
             out.append(("most on events", focused))
     return out
@@ -225,25 +225,33 @@ def fig_similarity(results: list[ModelResult], i: int) -> Figure:
     return fig
 
 
-def fig_noise_scatter(results: list[ModelResult], noise_share: float, min_rate: float) -> Figure:
-    """Observation 3: channels that fire a lot fire on the background (noise pattern heuristic)."""
+def fig_noise_scatter(results: list[ModelResult], noise_ratio: float, min_rate: float) -> Figure:
+    """Observation 3: C-SFR against where a channel fires (noise-pattern heuristic): the background /
+    event-region spike density ratio, on a log scale (1: no preference; inf drawn at the top)."""
     conv = _conv(results[0])
-    fig = Figure(figsize=(3.6 * len(conv), 3.3), layout="constrained")
-    axes = fig.subplots(1, len(conv), squeeze=False)[0]
+    fig = Figure(figsize=(3.6 * len(conv), 3.5), layout="constrained")
+    axes = fig.subplots(1, len(conv), squeeze=False, sharey=True)[0]
     for ax, i in zip(axes, conv):
         for k, r in enumerate(results):
             layer = r.layers[i]
-            ax.scatter(layer.csfr, layer.bg_share, s=18, color=colour(k), marker=MARKERS[k % 6], alpha=0.8, label=r.name)
-        ax.axhline(noise_share, color="#d62728", ls="--", lw=1, label=f"noise if >= {noise_share:g}")
-        ax.axhline(results[0].layers[i].uniform_bg_share, color="k", ls=":", lw=1, label="uniform firing")
+            ratio = np.clip(np.nan_to_num(layer.density_ratio, nan=np.nan, posinf=RATIO_MAX), 1 / RATIO_MAX, RATIO_MAX)
+            ax.scatter(layer.csfr, ratio, s=18, color=colour(k), marker=MARKERS[k % 6], alpha=0.8, label=r.name)
+        ax.axhline(noise_ratio, color="#d62728", ls="--", lw=1, label=f"noise if >= {noise_ratio:g}")
         ax.axvline(min_rate, color="#9e9e9e", ls=":", lw=1, label=f"null if C-SFR < {min_rate:g}")
         ax.set_xscale("symlog", linthresh=min_rate)
-        ax.set_ylim(-0.02, 1.02)
+        ax.set_yscale("log")
+        ticks = [0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100]
+        ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+        ax.yaxis.set_minor_locator(NullLocator())
         ax.set_title(results[0].layers[i].name)
         ax.set_xlabel("C-SFR (spikes / neuron / timestep)")
-    axes[0].set_ylabel("share of spikes outside the event region")
-    axes[-1].legend(fontsize=7, loc="lower right")
+    axes[0].set_ylabel("spike density off / on the event region")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=8)
     return fig
+
+
+RATIO_MAX = 100.0
 
 
 def _mpd_xrange(results: list[ModelResult], i: int, edges: np.ndarray) -> tuple[float, float]:
@@ -284,7 +292,9 @@ def fig_mpd(results: list[ModelResult], i: int, edges: np.ndarray, max_channels:
         ax.set_xlim(lo, hi)
         ax.set_ylim(-0.1, len(picks))
         ax.set_xlabel("membrane potential U")
-        ax.set_title(f"{r.name}, {layer.name}: MPD per channel (height ~ sqrt(count))", fontsize=9)
+        ax.set_title(f"{r.name}, {layer.name}: MPD per channel", fontsize=9)
+    fig.suptitle(f"bar height ~ sqrt(count), each channel scaled to its tallest bin; red: Vth = {results[0].v_th:g}; "
+                 "black: peak interval centre (Vth + PTD); labels: channel, C-SFR, PTD, variance", fontsize=8)
     return fig
 
 
@@ -352,19 +362,29 @@ def fig_energy(results: list[ModelResult]) -> Figure:
 
 
 def fig_masks(r: ModelResult) -> Figure:
-    """Which channels ASA put in the important group (M1), per timestep: share of samples."""
+    """Which channels ASA put in the important group M1 per timestep: top row the share of clips,
+    bottom row the mask of one clip (black = important)."""
     n = len(r.attn)
-    fig = Figure(figsize=(3.4 * n + 0.8, 3.3), layout="constrained")
-    axes = fig.subplots(1, n, squeeze=False)[0]
+    one = all(len(a.masks) for a in r.attn)
+    fig = Figure(figsize=(3.4 * n + 0.8, 6.0 if one else 3.3), layout="constrained")
+    axes = fig.subplots(2 if one else 1, n, squeeze=False)
     im = None
-    for ax, a in zip(axes, r.attn):
-        im = ax.imshow(a.freq.T, cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest",
-                       extent=(0.5, a.freq.shape[0] + 0.5, a.freq.shape[1] - 0.5, -0.5))
-        ax.set_title(f"{a.layer}: stability {a.stability.mean():.2f}, agreement {a.agreement:.2f}", fontsize=8)
-        ax.set_xlabel("timestep t")
-        ax.set_ylabel("channel")
-    fig.suptitle(f"{r.name}: share of clips with (t, c) in the important group M1", fontsize=9)
-    fig.colorbar(im, ax=axes, shrink=0.8, label="share of clips")
+    for j, a in enumerate(r.attn):
+        t, c = a.freq.shape
+        ext = (0.5, t + 0.5, c - 0.5, -0.5)
+        ax = axes[0, j]
+        im = ax.imshow(a.freq.T, cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest", extent=ext)
+        ax.set_title(f"{a.layer}: share of clips\nstability {a.stability.mean():.2f}, agreement {a.agreement:.2f}",
+                     fontsize=8)
+        if one:
+            axes[1, j].imshow(a.masks[0].T, cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest",
+                              extent=ext)
+            axes[1, j].set_title(f"{a.layer}: M1 of clip 0 (black = important)", fontsize=8)
+        for ax in axes[:, j]:
+            ax.set_xlabel("timestep t")
+            ax.set_ylabel("channel")
+    fig.suptitle(f"{r.name}: channels in the important group M1", fontsize=9)
+    fig.colorbar(im, ax=axes, shrink=0.6, label="share of clips with (t, c) in M1")
     return fig
 
 

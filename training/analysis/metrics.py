@@ -148,6 +148,19 @@ def background_share(spikes: np.ndarray, inside: np.ndarray) -> np.ndarray:
     return np.divide(spikes - inside, spikes, out=np.full_like(spikes, np.nan), where=spikes > 0)
 
 
+def background_density_ratio(bg_share: np.ndarray, uniform_share: float) -> np.ndarray:
+    """How much more densely a channel fires off the event region than on it: the odds ratio
+    ``(bg / u) / ((1 - bg) / (1 - u))`` of its background share ``bg`` against ``u``, the background
+    share of firing evenly everywhere (the region's complement of the grid). 1 = no preference, > 1
+    = prefers the background, < 1 = prefers the events; inf when every spike is off the region, nan
+    for a silent channel or when ``u`` is 0 or 1 (no region / region everywhere)."""
+    bg = np.asarray(bg_share, dtype=np.float64)
+    if not 0.0 < uniform_share < 1.0:
+        return np.full(bg.shape, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (bg / uniform_share) / ((1.0 - bg) / (1.0 - uniform_share))
+
+
 def spatial_entropy(features: np.ndarray) -> np.ndarray:
     """Normalised entropy in [0, 1] of each channel's spike feature ``[C, H, W]`` seen as a distribution
     over positions: 1 = spikes spread evenly over the frame, 0 = all at one position (nan if silent)."""
@@ -160,16 +173,17 @@ def spatial_entropy(features: np.ndarray) -> np.ndarray:
 
 
 def classify_patterns(
-    csfr: np.ndarray, bg_share: np.ndarray, min_rate: float = 0.01, noise_share: float = 0.5
+    csfr: np.ndarray, density_ratio: np.ndarray, min_rate: float = 0.01, noise_ratio: float = 1.0
 ) -> np.ndarray:
     """Per channel ``"null"`` (C-SFR < ``min_rate``: hardly spikes, the paper's empty features),
-    ``"noise"`` (at least ``noise_share`` of its spikes outside the event region) or ``"normal"``.
+    ``"noise"`` (fires at least ``noise_ratio`` times as densely off the event region as on it, see
+    :func:`background_density_ratio`) or ``"normal"`` (nan ratios count as normal).
 
     A heuristic stand-in for the paper's visual classification (definition 4).
     """
-    csfr, bg = np.asarray(csfr), np.asarray(bg_share)
+    csfr, ratio = np.asarray(csfr), np.asarray(density_ratio)
     out = np.full(csfr.shape, NORMAL, dtype=object)
-    out[np.nan_to_num(bg, nan=0.0) >= noise_share] = NOISE
+    out[np.nan_to_num(ratio, nan=0.0) >= noise_ratio] = NOISE
     out[csfr < min_rate] = NULL
     return out
 
@@ -220,7 +234,7 @@ def mask_agreement(freq: np.ndarray) -> float:
 
 
 __all__ = [
-    "NOISE", "NORMAL", "NULL", "background_share", "c_sfr", "classify_patterns", "event_region",
+    "NOISE", "NORMAL", "NULL", "background_density_ratio", "background_share", "c_sfr", "classify_patterns", "event_region",
     "feature_similarity", "flatness", "ghost_stats", "mask_agreement", "mask_stability", "mpd_edges",
     "n_sfr", "nasfr", "network_t_sfr", "pct_change", "ptd", "quantization_error", "region_cells",
     "spatial_entropy", "t_sfr", "variance",

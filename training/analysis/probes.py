@@ -128,7 +128,8 @@ class AttentionRecorder:
     Per attention layer ``l``: ``freq[l] [T, C]`` (samples with (t, c) in the important group M1),
     ``stable[l] [C]`` (summed over samples, :func:`~training.analysis.metrics.mask_stability`),
     ``samples``; for the first ``keep`` samples ``masks[l] [k, T, C]`` and ``maps[l] [k, 2, T', H, W]``
-    (``f_S1``, ``f_S2``; ``T' = 1`` for the window ASA, ``T`` for the causal form).
+    (``f_S1``, ``f_S2``; ``T' = 1`` for the window ASA, ``T`` for the causal form). Set :attr:`want`
+    (bool ``[B]``) before a forward pass to choose which of its samples may be kept (default: all).
     """
 
     def __init__(self, net: nn.Module, keep: int = 4) -> None:
@@ -139,6 +140,7 @@ class AttentionRecorder:
         self.masks: dict[int, Tensor] = {}
         self.maps: dict[int, Tensor] = {}
         self.kinds: dict[int, str] = {}
+        self.want: Tensor | None = None
         self._pending: dict[int, list[list[Tensor]]] = {}
         self._handles = []
         for i, layer in enumerate(getattr(net, "layers", [])):
@@ -182,12 +184,18 @@ class AttentionRecorder:
     def _add_masks(self, i: int, m1: Tensor) -> None:  # [T, B, C]
         self.freq[i] = self.freq.get(i, 0) + m1.double().sum(1)
         self.stable[i] = self.stable.get(i, 0) + mask_stability(m1).sum(0)
-        have = self.samples.get(i, 0)
-        self.samples[i] = have + m1.shape[1]
-        take = max(0, min(self.keep - have, m1.shape[1]))
-        if take:
-            part = m1[:, :take].permute(1, 0, 2)
+        self.samples[i] = self.samples.get(i, 0) + m1.shape[1]
+        have = 0 if i not in self.masks else self.masks[i].shape[0]
+        part = self._chosen(m1.permute(1, 0, 2), have)
+        if part is not None:
             self.masks[i] = part if i not in self.masks else torch.cat([self.masks[i], part])
+
+    def _chosen(self, x: Tensor, have: int) -> Tensor | None:
+        """The wanted samples of ``x`` (batch first), up to ``keep - have`` of them."""
+        if self.want is not None:
+            x = x[self.want.to(x.device)]
+        take = max(0, min(self.keep - have, x.shape[0]))
+        return x[:take] if take else None
 
     def _flush_maps(self, i: int, t: int) -> None:
         groups = [torch.stack(g, dim=1) if g else None for g in self._pending[i]]  # [B, T', 1, H, W]
@@ -195,9 +203,8 @@ class AttentionRecorder:
         if any(g is None for g in groups):
             return
         have = 0 if i not in self.maps else self.maps[i].shape[0]
-        take = max(0, min(self.keep - have, groups[0].shape[0]))
-        if take:
-            part = torch.stack([g[:take, :, 0] for g in groups], dim=1)  # [k, 2, T', H, W]
+        part = self._chosen(torch.stack([g[:, :, 0] for g in groups], dim=1), have)  # [k, 2, T', H, W]
+        if part is not None:
             self.maps[i] = part if i not in self.maps else torch.cat([self.maps[i], part])
 
     def close(self) -> None:

@@ -47,7 +47,8 @@ def model_json(r: ModelResult) -> dict[str, Any]:
             counts = {p: int((layer.pattern == p).sum()) for p in (M.NOISE, M.NORMAL, M.NULL)}
             d.update(
                 c_sfr=layer.csfr, c_sfr_per_t=layer.csfr_t, background_share=layer.bg_share,
-                uniform_background_share=layer.uniform_bg_share, spatial_entropy=layer.entropy,
+                uniform_background_share=layer.uniform_bg_share, background_density_ratio=layer.density_ratio,
+                spatial_entropy=layer.entropy,
                 pattern=layer.pattern.tolist(), patterns=counts, ptd=layer.ptd, variance=layer.variance,
                 qe_per_channel=layer.qe_channel,
                 ghosts={k: v for k, v in layer.ghost.items() if k != "duplicate"}
@@ -187,9 +188,10 @@ def write_report(
     h.append("<h2>Ghost features and spike patterns (observations 1 and 3)</h2>")
     h.append(f"<p class=note>Near duplicate: cosine similarity of two active channels' spike features (all timesteps) "
              f">= {opts.ghost_threshold:g}. Pattern heuristic: the event region of a clip is the smallest set of input pixels "
-             f"holding {opts.region_mass:g} of its events; a channel is <b>noise</b> when at least {opts.noise_share:g} of its "
-             f"spikes fall outside it, <b>null</b> when its C-SFR is below {opts.min_rate:g}, else <b>normal</b>. This is a "
-             f"heuristic stand-in for the paper's visual judgement.</p>")
+             f"holding {opts.region_mass:g} of its events (on a coarser layer grid: the cells holding any region pixel); "
+             f"a channel is <b>noise</b> when its spikes are at least {opts.noise_ratio:g} times as dense off the region as "
+             f"on it (it prefers the background), <b>null</b> when its C-SFR is below {opts.min_rate:g}, else <b>normal</b>. "
+             f"This is a heuristic stand-in for the paper's visual judgement.</p>")
     crow = []
     for r in results:
         for i in conv:
@@ -201,7 +203,7 @@ def write_report(
                      "mean similarity (active)"], crow))
     for i in conv:
         h.append(w.fig(partial(FG.fig_similarity, results, i), f"similarity_{results[0].layers[i].name}"))
-    h.append(w.fig(partial(FG.fig_noise_scatter, results, opts.noise_share, opts.min_rate), "noise_scatter",
+    h.append(w.fig(partial(FG.fig_noise_scatter, results, opts.noise_ratio, opts.min_rate), "noise_scatter",
                    "C-SFR against the share of spikes outside the event region, per channel."))
     h.append("<h2>Membrane potential (definitions 5 and 6, Figure 6, Table 4)</h2>")
     for i in conv:
@@ -220,7 +222,7 @@ def write_report(
         if not r.attn:
             continue
         h.append(f"<h2>Attention: {html.escape(r.name)}</h2>")
-        h.append(w.fig(partial(FG.fig_masks, r), f"masks_{k}", "Stability: share of steps t -> t+1 a channel keeps its group (1 = "
+        h.append(w.fig(partial(FG.fig_masks, r), f"masks_{k}", "Stability: share of steps t -> t+1 a channel keeps its group, mean over clips and channels (1 = "
                        "fixed split); agreement: how much clips agree on the split (1 = identical)."))
         h.append(w.fig(partial(FG.fig_spatial_maps, r, t_star), f"spatial_maps_{k}"))
     (out / "report.html").write_text(f"<!doctype html><html><head><meta charset=utf-8><title>ASA redundancy report</title>"

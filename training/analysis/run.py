@@ -37,7 +37,7 @@ class AnalysisOptions:
     device: str = "auto"
     num_workers: int = 0
     region_mass: float = 0.8  # event region: densest pixels holding this share of a clip's events
-    noise_share: float = 0.5  # noise pattern: at least this share of a channel's spikes off the region
+    noise_ratio: float = 1.0  # noise pattern: spikes at least this many times denser off the region than on it
     min_rate: float = 0.01  # null pattern: C-SFR below this
     ghost_threshold: float = 0.9  # near-duplicate spike features: cosine similarity >= this
     mpd_range: tuple[float, float] = (-2.0, 2.0)
@@ -70,6 +70,7 @@ class LayerResult:
     sim: np.ndarray | None = None  # [C, C]
     ghost: dict[str, Any] | None = None
     uniform_bg_share: float | None = None  # background share of a channel firing evenly everywhere
+    density_ratio: np.ndarray | None = None  # [C]: background / event-region spike density
 
     @property
     def csfr(self) -> np.ndarray:
@@ -152,17 +153,21 @@ def analyze_model(net, dataset, classes: list[str], opts: AnalysisOptions, devic
     recorder = AttentionRecorder(net, opts.keep_samples)
     loader = DataLoader(dataset, batch_size=opts.batch_size, shuffle=False, num_workers=opts.num_workers)
     rates, counts, labels, inputs = [], [], [], []
-    kept = 0
+    kept, start, clips = 0, 0, getattr(dataset, "clips", 1)
     try:
         for x, y in tqdm(loader, desc="analyze", disable=not opts.progress, leave=False):
             x = x.to(device).transpose(0, 1)  # [T, B, 2, H, W]
+            # the clips drawn: the middle clip of successive recordings
+            want = (torch.arange(start, start + x.shape[1]) % clips) == clips // 2
+            start += x.shape[1]
+            recorder.want = want
             region.set_input(x)
             out = net(x, probe)
             rates.append(out.out.float().mean(0).cpu())
             counts.append(out.counts.double().sum(0).cpu())
             labels.append(y)
-            if kept < opts.keep_samples:
-                inputs.append(x[:, : opts.keep_samples - kept].sum(dim=(0, 2)).cpu())
+            if kept < opts.keep_samples and want.any():
+                inputs.append(x[:, want.to(x.device)][:, : opts.keep_samples - kept].sum(dim=(0, 2)).cpu())
                 kept += inputs[-1].shape[0]
     finally:
         recorder.close()
@@ -205,11 +210,12 @@ def build_result(net, raw: dict[str, Any], opts: AnalysisOptions, name: str, pat
             inside, total = region.inside[i].numpy().sum(0), region.total[i].numpy().sum(0)
             mean_map = nsfr.mean(axis=0)  # [C, H, W]
             lr.bg_share = M.background_share(total, inside)
+            lr.uniform_bg_share = 1.0 - region.area[i] / max(region.samples, 1)
+            lr.density_ratio = M.background_density_ratio(lr.bg_share, lr.uniform_bg_share)
             lr.entropy = M.spatial_entropy(mean_map)
-            lr.pattern = M.classify_patterns(lr.csfr, lr.bg_share, opts.min_rate, opts.noise_share)
+            lr.pattern = M.classify_patterns(lr.csfr, lr.density_ratio, opts.min_rate, opts.noise_ratio)
             lr.sim = M.feature_similarity(nsfr.transpose(1, 0, 2, 3))
             lr.ghost = M.ghost_stats(lr.sim, lr.pattern != M.NULL, opts.ghost_threshold)
-            lr.uniform_bg_share = 1.0 - region.area[i] / max(region.samples, 1)
         layers.append(lr)
     attn = []
     for i in rec.layers:

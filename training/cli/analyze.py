@@ -31,7 +31,7 @@ def _kv(text: str) -> tuple[str, object]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="+", metavar="MODEL", help="checkpoint (.pt), run directory or bundle directory")
-    parser.add_argument("--out", default="reports/analysis", help="output directory (default: reports/analysis)")
+    parser.add_argument("--out", default="runs/analysis", help="output directory (default: runs/analysis)")
     parser.add_argument("--names", nargs="+", default=None, help="display names of the models, in order")
     data = parser.add_argument_group("data")
     data.add_argument("--data", default=None, help="dataset name (synthetic, dvs128-gesture, ...); default: the model's own")
@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--cache-dir", default=None, help="frame cache directory (default: the run's)")
     h = parser.add_argument_group("heuristics and figures")
     h.add_argument("--region-mass", type=float, default=0.8, help="event region: densest pixels holding this share of a clip's events")
-    h.add_argument("--noise-share", type=float, default=0.5, help="noise pattern: share of a channel's spikes outside the region")
+    h.add_argument("--noise-ratio", type=float, default=1.0,
+                   help="noise pattern: spike density off the event region / on it, at least this")
     h.add_argument("--min-rate", type=float, default=0.01, help="null pattern: C-SFR below this")
     h.add_argument("--ghost-threshold", type=float, default=0.9, help="near duplicates: cosine similarity at least this")
     h.add_argument("--mpd-range", type=float, nargs=2, default=(-2.0, 2.0), metavar=("LO", "HI"))
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     opts = AnalysisOptions(
         data=args.data, root=args.root, split=args.split, synthetic=dict(args.synthetic or []), clips=args.clips,
         limit=args.limit, cache_dir=args.cache_dir, batch_size=args.batch_size, device=args.device,
-        num_workers=args.num_workers, region_mass=args.region_mass, noise_share=args.noise_share,
+        num_workers=args.num_workers, region_mass=args.region_mass, noise_ratio=args.noise_ratio,
         min_rate=args.min_rate, ghost_threshold=args.ghost_threshold, mpd_range=tuple(args.mpd_range),
         mpd_bins=args.mpd_bins, timestep=None if args.timestep is None else args.timestep - 1,
         keep_samples=args.samples, progress=args.progress,

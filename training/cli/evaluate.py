@@ -83,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         net, info = load_model(args.model)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"asasnn eval: cannot load {args.model}: {err}", file=sys.stderr)
+    except Exception as err:  # missing file, not a checkpoint, a bundle that does not validate, ...
+        print(f"asasnn eval: cannot load {args.model}: {type(err).__name__}: {str(err).splitlines()[0][:300]}", file=sys.stderr)
         return 2
     if not info.get("train_config"):
         print(f"asasnn eval: {args.model} does not say which data it was trained on", file=sys.stderr)

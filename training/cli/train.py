@@ -40,7 +40,11 @@ def run(args: argparse.Namespace) -> int:
 
     base, original_command = None, None
     if args.resume:
-        ck = load_checkpoint(args.resume)
+        try:
+            ck = load_checkpoint(args.resume)
+        except FileNotFoundError as err:
+            print(f"asasnn train: nothing to resume: {err}", file=sys.stderr)
+            return 2
         base = TrainConfig.from_dict(ck["train_config"])
         original_command = ck["command"]
         if args.run_dir is None:  # keep writing next to the checkpoint being resumed
@@ -66,7 +70,11 @@ def run(args: argparse.Namespace) -> int:
         command = shlex.join(["asasnn", "train", *sys.argv[sys.argv.index("train") + 1 :]])
     else:
         command = cfg.to_command()
-    trainer = Trainer(cfg, command=command, resume=args.resume, progress=args.progress)
+    try:
+        trainer = Trainer(cfg, command=command, resume=args.resume, progress=args.progress)
+    except (FileNotFoundError, ValueError) as err:  # missing data, a checkpoint of another network
+        print(f"asasnn train: {err}", file=sys.stderr)
+        return 2
     try:
         trainer.run()
     finally:

@@ -17,20 +17,27 @@ from training.cli import export as cli
 from runtime_support import CLASSES, make_net
 
 
-def test_fold_batchnorm_keeps_the_function_and_the_original(bundles, frames_for):
+@pytest.mark.parametrize("fold_pool", (False, True))
+def test_folding_keeps_the_function_and_the_original(bundles, frames_for, fold_pool):
     b = bundles["tiny-causal"]
-    folded = E.fold_batchnorm(b.net)
+    folded = E.fold_batchnorm(b.net, fold_pool=fold_pool)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in b.net.modules()) == 3  # untouched
+    pools = sum(isinstance(m, torch.nn.AvgPool2d) for m in folded.modules())
+    assert pools == (0 if fold_pool else 2)
+    if fold_pool:  # conv2, conv3: 3x3 conv + 2x2 average pool -> 4x4 stride-2 conv
+        conv = folded.layers[1].synapse[0]
+        assert conv.kernel_size == (4, 4) and conv.stride == (2, 2) and conv.padding == (1, 1)
     x = torch.from_numpy(frames_for(b, 10, 2, seed=4))
     with torch.no_grad():
         a, c = b.net(x), folded(x)
     assert (a.counts.sum(-1) > 0).all()
     assert torch.abs(a.counts - c.counts).sum() <= 1e-4 * a.counts.sum()
-    # conv currents themselves agree to float32 rounding
-    syn, fsyn = b.net.layers[0].synapse, folded.layers[0].synapse
-    with torch.no_grad():
-        torch.testing.assert_close(syn(x[0]), fsyn(x[0]), rtol=1e-5, atol=1e-5)
+    # the currents themselves agree to float32 rounding
+    spikes = (torch.rand(3, 8, 32, 32) < 0.3).float()
+    for i, inp in ((0, x[0]), (1, spikes)):
+        with torch.no_grad():
+            torch.testing.assert_close(b.net.layers[i].synapse(inp), folded.layers[i].synapse(inp), rtol=1e-5, atol=1e-5)
 
 
 def test_step_graph_io_and_dynamic_batch(bundles, frames_for):
@@ -41,7 +48,7 @@ def test_step_graph_io_and_dynamic_batch(bundles, frames_for):
     assert [o.name for o in model.graph.output] == ["out", "counts", *(f"{n}.next" for n in names)]
     assert "conv1.asa_num" in names and "conv1.asa_den" in names  # ASA running statistics are state
     assert all(i.type.tensor_type.shape.dim[0].dim_param for i in model.graph.input)  # symbolic batch
-    assert not any(n.op_type == "BatchNormalization" for n in model.graph.node)
+    assert not any(n.op_type in ("BatchNormalization", "AveragePool") for n in model.graph.node)
     sess = make_session(b.onnx_path, "cpu", 1)
     for batch in (1, 5):
         frames = frames_for(b, 1, batch)[0]
