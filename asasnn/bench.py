@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.events} events; ratio = np.add.at time / FrameBinner time")
     print(f"{'frame':>12} {'packet':>8} {'FrameBinner Mev/s':>18} {'np.add.at Mev/s':>16} {'ratio':>6}")
     for (shape, size), r in results.items():
-        print(f"{'x'.join(map(str, shape)):>12} {size:>8} {r['binner_ev_s'] / 1e6:>18.1f} "
-              f"{r['add_at_ev_s'] / 1e6:>16.1f} {r['ratio']:>6.2f}")
+        print(
+            f"{'x'.join(map(str, shape)):>12} {size:>8} {r['binner_ev_s'] / 1e6:>18.1f} "
+            f"{r['add_at_ev_s'] / 1e6:>16.1f} {r['ratio']:>6.2f}"
+        )
     return 0

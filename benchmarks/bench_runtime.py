@@ -45,19 +45,28 @@ class Row:
     batch: int
     median_ms: float
     p99_ms: float
+    min_ms: float
     streams_per_s: float
     calls: int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default="default,gesture3", help="comma list: default, tiny, gesture3")
-    parser.add_argument("--batches", default="1,8,32,128", help="comma list of batch sizes (streams per step)")
+    parser.add_argument(
+        "--batches", default="1,8,32,128", help="comma list of batch sizes (streams per step)"
+    )
     parser.add_argument("--backends", default="onnx,torch", help="comma list: onnx, torch")
-    parser.add_argument("--threads", type=int, default=2, help="threads for ONNX Runtime and torch (default 2)")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="threads for ONNX Runtime and torch (default 2)"
+    )
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of timing per cell (default 2)")
     parser.add_argument("--no-window", action="store_true", help="skip baseline a (window recomputation)")
-    parser.add_argument("--window-max-s", type=float, default=20.0,
-                        help="skip a window cell whose one evaluation is estimated to take longer (default 20)")
+    parser.add_argument(
+        "--window-max-s",
+        type=float,
+        default=20.0,
+        help="skip a window cell whose one evaluation is estimated to take longer (default 20)",
+    )
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--json", help="write the raw results here")
     parser.add_argument("--markdown", help="write the markdown table here")
@@ -77,8 +86,12 @@ def _machine() -> dict[str, Any]:
     except OSError:
         pass
     return {
-        "cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__,
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
         "load_avg_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
@@ -106,33 +119,68 @@ def _bundle(name: str, workdir: Path):
     card = build_card(net, classes=[f"c{i}" for i in range(11)], sensor=sensor, ds=4, dt_us=15_000)
     out = workdir / name
     export_bundle(net, card, out, overwrite=True)
-    label = f"{preset_name} (causal-asa, untrained)" if name != "default" else "tiny (causal-asa; no trained default yet)"
+    label = (
+        f"{preset_name} (causal-asa, untrained)"
+        if name != "default"
+        else "tiny (causal-asa; no trained default yet)"
+    )
     return label, load_bundle(out)
 
 
-def _time(fn, budget: float, min_calls: int = 5, max_calls: int = 5000) -> list[float]:
-    import numpy as np
-
-    for _ in range(3):  # warm-up: allocations, ORT arenas, caches
-        fn()
-    times: list[float] = []
+def _measure(steps: dict[str, Any], window_fn: Any, budget: float) -> dict[str, list[float]]:
+    """Milliseconds per call of every function, measured in **interleaved blocks**: a round runs a
+    block of consecutive calls of each function in turn (plus one window evaluation, if any), so a
+    machine whose load drifts slows every backend alike, while each block still runs with warm
+    caches (its first call is not recorded). Blocks last about 20 ms or 5 calls, whichever is
+    longer; rounds run until ``budget`` seconds have passed (at least 2 with a window, 10 without).
+    """
+    blocks: dict[str, int] = {}
+    for k, f in steps.items():  # warm-up (allocations, ORT arenas, caches) and block sizes
+        for _ in range(3):
+            f()
+        t = time.perf_counter()
+        f()
+        blocks[k] = 1 + max(5, int(0.02 / max(time.perf_counter() - t, 1e-6)))
+    if window_fn is not None:
+        window_fn()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    if window_fn is not None:
+        times["window"] = []
+    min_rounds = 2 if window_fn is not None else 10
     gc.disable()
     try:
-        start = time.perf_counter()
-        while len(times) < max_calls and (len(times) < min_calls or time.perf_counter() - start < budget):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
+        start, rounds = time.perf_counter(), 0
+        while rounds < min_rounds or (time.perf_counter() - start < budget and rounds < 2000):
+            if window_fn is not None:
+                t = time.perf_counter()
+                window_fn()
+                times["window"].append(time.perf_counter() - t)
+            for k, f in steps.items():
+                for i in range(blocks[k]):
+                    t = time.perf_counter()
+                    f()
+                    if i:
+                        times[k].append(time.perf_counter() - t)
+            rounds += 1
     finally:
         gc.enable()
-    return [float(x) for x in np.asarray(times) * 1e3]
+    return {k: [x * 1e3 for x in v] for k, v in times.items()}
 
 
 def _row(model: str, backend: str, batch: int, ms: list[float]) -> Row:
     import numpy as np
 
     med = float(np.median(ms))
-    return Row(model, backend, batch, med, float(np.percentile(ms, 99)), batch / med * 1e3, len(ms))
+    return Row(
+        model,
+        backend,
+        batch,
+        med,
+        float(np.percentile(ms, 99)),
+        float(np.min(ms)),
+        batch / med * 1e3,
+        len(ms),
+    )
 
 
 def run(
@@ -169,29 +217,37 @@ def run(
             last_window: tuple[int, float] | None = None  # (batch, seconds per evaluation)
             for n in batches:
                 frames = random_frames(1, n, b.card.frame_shape, seed=n)[0]
-                for key, r in runners.items():
-                    slots = [r.open() for _ in range(n)]
-                    ms = _time(lambda: r.step(slots, frames), budget)
-                    for s in slots:
-                        r.close(s)
-                    result["models"][label]["bytes_per_stream"] = r.bytes_per_stream()
-                    row = _row(label, key, n, ms)
-                    result["rows"].append(asdict(row))
-                    log(f"{label:>40} {key:>14} batch {n:>4}: median {row.median_ms:9.3f} ms  p99 {row.p99_ms:9.3f} ms  "
-                        f"{row.streams_per_s:10.1f} streams/s  ({row.calls} calls)")
+                opened = {key: [r.open() for _ in range(n)] for key, r in runners.items()}
+                steps = {
+                    key: (lambda r=r, slots=opened[key], frames=frames: r.step(slots, frames))
+                    for key, r in runners.items()
+                }
+                window_fn = None
                 if window and last_window and last_window[1] * n / last_window[0] > window_max_s:
                     est = last_window[1] * n / last_window[0]
-                    log(f"{label:>40} {'window':>14} batch {n:>4}: skipped (about {est:.0f} s per evaluation)")
+                    log(
+                        f"{label:>40} {'window':>14} batch {n:>4}: skipped (about {est:.0f} s per evaluation)"
+                    )
                     result["skipped"] = result.get("skipped", []) + [[label, n, est]]
                 elif window:
                     ev = TorchWindowEval(b.net, "cpu")
                     win = random_frames(T, n, b.card.frame_shape, seed=n)
-                    ms = _time(lambda: ev(win), budget, min_calls=2, max_calls=200)
-                    row = _row(label, f"window (T={T})", n, ms)
-                    last_window = (n, row.median_ms / 1e3)
+                    window_fn = lambda ev=ev, win=win: ev(win)
+                times = _measure(steps, window_fn, budget)
+                for key, r in runners.items():
+                    for slot in opened[key]:
+                        r.close(slot)
+                    result["models"][label]["bytes_per_stream"] = r.bytes_per_stream()
+                for key, ms in times.items():
+                    row = _row(label, f"window (T={T})" if key == "window" else key, n, ms)
+                    if key == "window":
+                        last_window = (n, row.median_ms / 1e3)
                     result["rows"].append(asdict(row))
-                    log(f"{label:>40} {'window':>14} batch {n:>4}: median {row.median_ms:9.3f} ms  p99 {row.p99_ms:9.3f} ms  "
-                        f"{row.streams_per_s:10.1f} streams/s  ({row.calls} calls)")
+                    log(
+                        f"{label:>40} {key:>14} batch {n:>4}: median {row.median_ms:9.3f} ms  "
+                        f"min {row.min_ms:9.3f} ms  p99 {row.p99_ms:9.3f} ms  "
+                        f"{row.streams_per_s:10.1f} streams/s  ({row.calls} calls)"
+                    )
             del runners
     result["machine"]["load_avg_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return result
@@ -200,20 +256,25 @@ def run(
 def format_markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, torch {m['torch']}, "
-        f"onnxruntime {m['onnxruntime']}; {result['threads']} threads per backend; load average "
-        f"{m['load_avg_at_start']:.2f} at start, {m['load_avg_at_end']:.2f} at end.",
+        (
+            f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, torch {m['torch']}, "
+            f"onnxruntime {m['onnxruntime']}; {result['threads']} threads per backend; load average "
+            f"{m['load_avg_at_start']:.2f} at start, {m['load_avg_at_end']:.2f} at end."
+        ),
         "",
-        "| model | backend | batch | median ms / step | p99 ms / step | streams / s | calls |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| model | backend | batch | median ms / step | p99 ms / step | min ms / step | streams / s | calls |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['model']} | {r['backend']} | {r['batch']} | {r['median_ms']:.3f} | {r['p99_ms']:.3f} | "
-            f"{r['streams_per_s']:.0f} | {r['calls']} |"
+            f"{r['min_ms']:.3f} | {r['streams_per_s']:.0f} | {r['calls']} |"
         )
-    lines += ["", "| model | batch | torch eager / onnx | window / torch eager step | window / onnx step | T/2 |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "| model | batch | torch eager / onnx | window / torch eager step | window / onnx step | T/2 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     by = {(r["model"], r["backend"].split(" (")[0], r["batch"]): r["median_ms"] for r in result["rows"]}
     for model, info in result["models"].items():
         for batch in sorted({r["batch"] for r in result["rows"] if r["model"] == model}):
@@ -225,12 +286,20 @@ def format_markdown(result: dict[str, Any]) -> str:
             ]
             lines.append(f"| {model} | {batch} | {' | '.join(cells)} | {info['timesteps'] / 2:g} |")
     for label, n, est in result.get("skipped", []):
-        lines.append(f"\nWindow recomputation for {label} at batch {n} skipped: about {est:.0f} s per step "
-                     "(extrapolated linearly from the largest batch measured).")
-    lines += ["", "Memory per stream (state): " + ", ".join(
-        f"{model}: {info['bytes_per_stream'] / 1024:.1f} KiB" for model, info in result["models"].items()
-        if info["bytes_per_stream"]
-    ) + "."]
+        lines.append(
+            f"\nWindow recomputation for {label} at batch {n} skipped: about {est:.0f} s per step "
+            "(extrapolated linearly from the largest batch measured)."
+        )
+    lines += [
+        "",
+        "Memory per stream (state): "
+        + ", ".join(
+            f"{model}: {info['bytes_per_stream'] / 1024:.1f} KiB"
+            for model, info in result["models"].items()
+            if info["bytes_per_stream"]
+        )
+        + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -240,9 +309,14 @@ def main(args: argparse.Namespace | None = None) -> int:
         add_arguments(parser)
         args = parser.parse_args()
     result = run(
-        models=tuple(args.models.split(",")), batches=tuple(int(b) for b in args.batches.split(",")),
-        backends=tuple(args.backends.split(",")), threads=args.threads, budget=args.budget,
-        window=not args.no_window, compile=args.compile, window_max_s=args.window_max_s,
+        models=tuple(args.models.split(",")),
+        batches=tuple(int(b) for b in args.batches.split(",")),
+        backends=tuple(args.backends.split(",")),
+        threads=args.threads,
+        budget=args.budget,
+        window=not args.no_window,
+        compile=args.compile,
+        window_max_s=args.window_max_s,
     )
     text = format_markdown(result)
     print()

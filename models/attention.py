@@ -24,6 +24,8 @@ from torch import Tensor, nn
 AttentionKind = Literal["none", "sa", "asa", "causal-asa"]
 MaskGrad = Literal["ste", "none"]
 
+TIE_RTOL = 1e-4  # scores this close to the causal running mean count as equal to it
+
 
 @dataclass(frozen=True)
 class AttentionConfig:
@@ -203,7 +205,11 @@ class CausalASA(nn.Module):
         num = self.cfg.rho * num + m.detach()
         den = self.cfg.rho * den + 1
         top_c = rank_mask(m, int(self.channels * self.cfg.lam), dim=1)
-        top_t = m >= num / den
+        mbar = num / den
+        # ">=" with a relative tolerance: a channel whose input is steady sits exactly on its own
+        # running mean, and float rounding (which differs between backends and with BN folding)
+        # must not decide its group.
+        top_t = m >= mbar - TIE_RTOL * mbar.abs()
         m1 = hard_mask(top_c ^ top_t, m, self.cfg.grad)
         return m1, 1 - m1, num, den
 

@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-sessions", type=int, help="concurrent WebSocket sessions (default 64)")
     p.add_argument("--max-batch", type=int, help="most streams per model call (default 64)")
+    p.add_argument(
+        "--step-threads", type=int, help="threads of one model call (default: all cores but one)"
+    )
     p.add_argument("--max-packet-bytes", type=int, help="largest binary event packet (default 4 MiB)")
     p.add_argument("--max-events-per-second", type=float, help="per-session event rate limit (default 5e6)")
     p.add_argument(
@@ -66,6 +69,7 @@ _FIELDS = (
     "api_keys",
     "max_sessions",
     "max_batch",
+    "step_threads",
     "max_packet_bytes",
     "max_events_per_second",
     "idle_timeout_s",

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     device: Literal["cpu", "cuda", "auto"] = "auto"
     backend: Literal["auto", "torch", "onnx"] = "auto"  # auto: onnx when installed and in the bundle
     max_batch: int = Field(64, ge=1, le=4096)  # steps per model call (one per session)
+    # threads of one model call (torch intra-op, ONNX Runtime intra-op); None: all cores but one, which
+    # is left to the event loop (binning, JSON, sockets): more threads than cores stall both
+    step_threads: int | None = Field(None, ge=1, le=1024)
 
     # Security and limits
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -81,6 +84,14 @@ class Settings(BaseSettings):
         if any(len(k) < 8 for k in self.api_keys):
             raise ValueError("API keys must be at least 8 characters long")
         return self
+
+    @property
+    def resolved_step_threads(self) -> int:
+        """``step_threads``, or all cores but one (at least one)."""
+        if self.step_threads is not None:
+            return self.step_threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores - 1)
 
     @property
     def ws_max_size(self) -> int:

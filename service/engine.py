@@ -51,6 +51,7 @@ class ModelWorker:
     runner: Any  # models.runtime.StepRunner
     scheduler: Scheduler
     sessions: dict[str, StepConsumer] = field(default_factory=dict)
+    queue_gauge: Any = None  # asasnn_queue_depth{model=name}, set by Engine.add_worker
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -69,7 +70,7 @@ class ModelWorker:
         sops, energy = _np(res.sops), _np(res.energy_j)
         evaluated = getattr(res, "evaluated", None)
         evaluated = None if evaluated is None else _np(evaluated)
-        return ModelOutput(out, counts, sops, energy, time.perf_counter() - t0, evaluated)
+        return ModelOutput(out, counts, sops, energy, time.perf_counter() - t0, evaluated, t0)
 
 
 class Engine:
@@ -88,6 +89,7 @@ class Engine:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def add_worker(self, worker: ModelWorker) -> None:
+        worker.queue_gauge = self.metrics.queue_depth.labels(worker.name)
         self.workers[worker.name] = worker
 
     # ---- sessions --------------------------------------------------------------------------------
@@ -157,7 +159,7 @@ class Engine:
         if sched is None:
             return False
         m = self.metrics
-        m.queue_depth.labels(w.name).set(w.scheduler.depth)
+        w.queue_gauge.set(w.scheduler.depth)
         try:
             output = await self.call(w.execute, sched)
         except Exception as e:  # a failing model call must not take the server down

@@ -93,11 +93,12 @@ class ModelRegistry:
             reg.default_name = "default" if "default" in reg.entries else min(reg.entries)
         return reg
 
-    def load_all(self, loader: Loader | None = None) -> None:
+    def load_all(self, loader: Loader | None = None, threads: int | None = None) -> None:
         """Load every bundle (blocking; the app calls it on the engine's worker thread).
 
-        ``loader(path, backend, device)`` defaults to :func:`models.runtime.load_runner`. Failures are
-        kept per model, so one broken bundle does not hide the others.
+        ``loader(path, backend, device[, threads])`` defaults to :func:`models.runtime.load_runner`;
+        ``threads`` (intra-op threads of ONNX Runtime) is passed only when given. Failures are kept per
+        model, so one broken bundle does not hide the others.
         """
         if loader is None:
             from models.runtime import load_runner as loader
@@ -106,7 +107,8 @@ class ModelRegistry:
                 continue
             try:
                 e.backend = resolve_backend(self.backend, e.path)
-                e.runner = loader(e.path, backend=e.backend, device=self.device)
+                kw = {} if threads is None else {"threads": threads}
+                e.runner = loader(e.path, backend=e.backend, device=self.device, **kw)
             except Exception as exc:  # noqa: BLE001 - one broken bundle must not hide the others
                 e.error = f"{type(exc).__name__}: {exc}"
                 log.error("model %s: cannot load %s: %s", e.name, e.path, e.error)

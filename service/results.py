@@ -54,7 +54,11 @@ def prediction_message(
             "energy_j": r.energy_j,
             "evaluated": r.evaluated,
             "batch_size": r.batch_size,
-            "latency_ms": {"step": r.step_s * 1e3, "total": (time.perf_counter() - req.ready_at) * 1e3},
+            "latency_ms": {
+                "queue": max(r.started_at - req.arrived_at, 0.0) * 1e3,
+                "step": r.step_s * 1e3,
+                "total": (time.perf_counter() - req.arrived_at) * 1e3,
+            },
         }
     )
     return msg

@@ -36,7 +36,7 @@ class StepRequest:
     index: int  # step index within the session (since start or the last reset)
     t_start_us: int  # stream time of the bin start; the bin is [t_start_us, t_start_us + dt)
     frame: np.ndarray  # [2, H, W] float32
-    ready_at: float  # time.perf_counter() when the bin was completed (end-to-end latency)
+    arrived_at: float  # time.perf_counter() when the message that completed the bin arrived (latency origin)
 
 
 @dataclass
@@ -67,6 +67,7 @@ class ModelOutput:
     energy_j: np.ndarray  # [n]
     step_s: float  # seconds the model call took
     evaluated: np.ndarray | None = None  # [n] bool: fresh output (window models: every hop steps)
+    started_at: float = 0.0  # time.perf_counter() when the model call started
 
 
 @dataclass
@@ -81,6 +82,7 @@ class StepOutput:
     step_s: float
     batch_size: int
     evaluated: bool = True
+    started_at: float = 0.0  # time.perf_counter() when the model call started
 
 
 @dataclass
@@ -200,6 +202,7 @@ class Scheduler:
                     output.step_s,
                     n,
                     True if output.evaluated is None else bool(output.evaluated[i]),
+                    output.started_at,
                 )
             )
         return results

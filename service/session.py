@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from models.events.binner import BinnerConfig, FrameBinner
+from models.events.binner import BinnerConfig, FrameBinner, TimedFrames
 from models.events.types import EventError, validate_events
 from models.runtime.readout import Readout
 from service.engine import Engine, ModelWorker
@@ -86,6 +86,13 @@ class Session:
         self._tokens = (cfg.limits.max_events_per_second or 0) * cfg.limits.rate_burst_s
         self._tokens_at = time.monotonic()
         self._warned_backpressure = False
+        self._held = False  # the scheduler skipped this session for a full outbox
+        m, model = self.metrics, self.model  # the label children of the hot paths, looked up once
+        self._m_events = m.events_received.labels(model)
+        self._m_packets = m.packets_received.labels(model)
+        self._m_skipped = m.skipped_steps.labels(model)
+        self._m_queue = m.queue_depth.labels(model)
+        self._m_predictions: dict[int, Any] = {}
         self._new_epoch()
 
     def _new_epoch(self) -> None:
@@ -111,9 +118,10 @@ class Session:
             slot, self.slot = self.slot, None
             await self.engine.detach(self.model, self.id, slot)
 
-    def emit(self, msg: dict[str, Any], ready_at: float | None = None) -> None:
+    def emit(self, msg: dict[str, Any], arrived_at: float | None = None) -> None:
+        """Queue a message for the client; ``arrived_at``: a prediction's latency origin."""
         if self.stream:
-            self.outbox.put_nowait((msg, ready_at))
+            self.outbox.put_nowait((msg, arrived_at))
 
     # ---- input ------------------------------------------------------------------------------------
     def _reject(self, code: str, n_events: int, message: str, fatal: bool = False) -> ProtocolError:
@@ -138,8 +146,13 @@ class Session:
             )
         self._tokens -= n
 
-    async def feed(self, events: np.ndarray) -> None:
-        """Accept one packet (validated whole: a refused packet changes nothing) and bin it."""
+    async def feed(self, events: np.ndarray, arrived_at: float | None = None) -> None:
+        """Accept one packet (validated whole: a refused packet changes nothing) and bin it.
+
+        ``arrived_at``: ``time.perf_counter()`` when the packet arrived (default: now); the latency of
+        every timestep it completes is counted from there.
+        """
+        arrived_at = time.perf_counter() if arrived_at is None else arrived_at
         try:
             validate_events(events, self.cfg.binner.sensor, self.binner.last_t)
         except EventError as e:
@@ -160,38 +173,29 @@ class Session:
             )
         if self._drained.is_set():
             self._warned_backpressure = False  # caught up: the next overload is a new episode
-        self.metrics.events_received.labels(self.model).inc(n)
-        self.metrics.packets_received.labels(self.model).inc()
+        self._m_events.inc(n)
+        self._m_packets.inc()
         if self.first_t is None:
             self.first_t = int(events["t"][0])
         self.events += n
-        await self._bin(events)
+        await self._bin(events, arrived_at)
 
-    async def _bin(self, events: np.ndarray) -> None:
-        """Bin in chunks of at most ``CHUNK_STEPS`` bins, each preceded by ``advance_to`` its first bin.
-
-        With that split every call emits frames of consecutive bins starting at the open bin (gap-cap
-        skips fall at the end of an ``advance_to``), so each frame's stream time is known exactly.
-        """
+    async def _bin(self, events: np.ndarray, arrived_at: float) -> None:
+        """Bin in chunks of at most ``CHUNK_STEPS`` timesteps of stream time; each chunk's frames are
+        queued (waiting for room, see backpressure) before the next chunk is binned."""
         b, dt = self.binner, self.cfg.binner.dt_us
-        span = max(1, min(CHUNK_STEPS, self.cfg.binner.max_gap_bins + 1))
+        dropped0, skipped0, start = b.dropped_events, b.skipped_bins, b.open_bin_start
         t = events["t"]
         t0 = b.t0 if b.t0 is not None else int(t[0])
-        start = b.open_bin_start if b.open_bin_start is not None else t0
-        late = int(np.searchsorted(t, start, side="left"))
-        dropped0 = b.dropped_events
-        if late:
-            b.push(events[:late])  # all late: counted by the binner, no frames
-        k = (t[late:] - t0) // dt
-        i = 0
-        while i < k.size:
-            kc = int(k[i])
-            j = int(np.searchsorted(k, kc + span, side="left"))
-            if b.t0 is not None:
-                await self._advance(t0 + kc * dt)
-            first = b.open_bin_start if b.open_bin_start is not None else t0
-            await self._enqueue(first, b.push(events[late + i : late + j]))
-            i = j
+        k0, k1 = (int(t[0]) - t0) // dt, (int(t[-1]) - t0) // dt
+        if k1 - k0 < CHUNK_STEPS:  # the live case: a packet shorter than a few timesteps
+            await self._enqueue(b.push_timed(events, validate=False), arrived_at)
+        else:
+            k = (t - t0) // dt
+            cuts = np.searchsorted(k, np.arange(k0 + CHUNK_STEPS, k1 + 1, CHUNK_STEPS))
+            for part in np.split(events, cuts):  # sorted and checked above: each part is valid
+                await self._enqueue(b.push_timed(part, validate=False), arrived_at)
+        self._gap_warning(b.skipped_bins - skipped0)
         if b.dropped_events > dropped0:
             n_late = b.dropped_events - dropped0
             self.metrics.events_dropped.labels(self.model, "late").inc(n_late)
@@ -199,58 +203,49 @@ class Session:
                 {
                     "type": "warning",
                     "code": "late_events",
-                    "message": f"{n_late} event(s) fell before the open timestep at {start} us (already flushed "
-                    f"or advanced past) and were not counted",
+                    "message": f"{n_late} event(s) fell before the open timestep at {start if start is not None else t0} "
+                    "us (already flushed or advanced past) and were not counted",
                 }
             )
 
-    async def _advance(self, t_us: int) -> None:
-        b = self.binner
-        first, skipped0 = b.open_bin_start, b.skipped_bins
-        frames = b.advance_to(t_us)
-        if first is not None:
-            await self._enqueue(first, frames)
-        skipped = b.skipped_bins - skipped0
-        if skipped:
-            self.metrics.skipped_steps.labels(self.model).inc(skipped)
-            dt = self.cfg.binner.dt_us
-            self.emit(
-                {
-                    "type": "warning",
-                    "code": "time_gap",
-                    "message": f"stream time jumped {(len(frames) + skipped) * dt / 1e6:.3f} s without events; "
-                    f"{len(frames)} timestep(s) run, {skipped} empty timestep(s) skipped (gap cap "
-                    f"{self.cfg.binner.max_gap_bins})",
-                    "skipped_steps": skipped,
-                }
-            )
+    def _gap_warning(self, skipped: int) -> None:
+        if not skipped:
+            return
+        self._m_skipped.inc(skipped)
+        cap = self.cfg.binner.max_gap_bins
+        self.emit(
+            {
+                "type": "warning",
+                "code": "time_gap",
+                "message": f"stream time jumped without events: {cap} empty timestep(s) run, {skipped} more "
+                f"({skipped * self.cfg.binner.dt_us / 1e6:.3f} s) skipped (gap cap {cap})",
+                "skipped_steps": skipped,
+            }
+        )
 
-    async def advance(self, t_us: int) -> None:
+    async def advance(self, t_us: int, arrived_at: float | None = None) -> None:
         """The stream promises no events before ``t_us``: complete every bin that ends by then."""
-        await self._advance(t_us)
+        skipped0 = self.binner.skipped_bins
+        await self._enqueue(self.binner.advance_to_timed(t_us), arrived_at)
+        self._gap_warning(self.binner.skipped_bins - skipped0)
 
-    async def flush(self) -> None:
+    async def flush(self, arrived_at: float | None = None) -> None:
         """Run the open bin now if it holds events (a short last timestep)."""
-        first = self.binner.open_bin_start
-        frames = self.binner.flush()
-        if first is not None:
-            await self._enqueue(first, frames)
+        await self._enqueue(self.binner.flush_timed(), arrived_at)
 
-    async def _enqueue(self, first_t: int, frames: np.ndarray) -> None:
+    async def _enqueue(self, done: TimedFrames, arrived_at: float | None) -> None:
+        frames, starts = done
         if not len(frames):
             return
-        dt = self.cfg.binner.dt_us
+        arrived_at = time.perf_counter() if arrived_at is None else arrived_at
         sched = self.worker.scheduler
-        for i in range(frames.shape[0]):
+        for frame, t_start in zip(frames, starts.tolist()):
             await self._wait_room()
-            epoch = sched.epoch(self.id)
-            sched.enqueue(
-                StepRequest(self.id, epoch, self.next_index, first_t + i * dt, frames[i], time.perf_counter())
-            )
+            sched.enqueue(StepRequest(self.id, sched.epoch(self.id), self.next_index, t_start, frame, arrived_at))
             self.next_index += 1
             self._drained.clear()
             self.engine.notify()
-        self.metrics.queue_depth.labels(self.model).set(sched.depth)
+        self._m_queue.set(sched.depth)
 
     async def _wait_room(self) -> None:
         lim, sched = self.cfg.limits, self.worker.scheduler
@@ -310,15 +305,24 @@ class Session:
         self.emit({"type": "reset", "dropped_steps": dropped})
         return dropped
 
-    async def finish(self) -> dict[str, Any]:
+    async def finish(self, arrived_at: float | None = None) -> dict[str, Any]:
         """Flush, wait for every step to run, return the summary (the ``end`` message body)."""
-        await self.flush()
+        await self.flush(arrived_at)
         await self.drain()
         return self.summary()
 
     # ---- output (called by the engine) ------------------------------------------------------------
     def can_take_output(self) -> bool:
-        return self.outbox.qsize() < self.cfg.limits.max_outbox
+        if self.outbox.qsize() < self.cfg.limits.max_outbox:
+            return True
+        self._held = True
+        return False
+
+    def on_sent(self) -> None:
+        """The sender took a message out of the outbox: wake the engine if it was holding this session."""
+        if self._held and self.outbox.qsize() < self.cfg.limits.max_outbox:
+            self._held = False
+            self.engine.notify()
 
     def on_batch_done(self) -> None:
         self._room.set()
@@ -352,13 +356,16 @@ class Session:
                 }
             )
         if self.stream:
-            self.metrics.predictions.labels(self.model, self.classes[pred.label]).inc()
+            child = self._m_predictions.get(pred.label)
+            if child is None:
+                child = self._m_predictions[pred.label] = self.metrics.predictions.labels(self.model, self.classes[pred.label])
+            child.inc()
             w = self.worker
             neurons = np.asarray(w.neurons, dtype=np.float64)
             msg = prediction_message(
                 r, pred.probs, pred.label, self.classes, w.layers, neurons, self.cfg.output, dt
             )
-            self.emit(msg, req.ready_at)
+            self.emit(msg, req.arrived_at)
 
     def summary(self) -> dict[str, Any]:
         """Totals since the start (or the last reset): the ``end`` message and the REST result."""

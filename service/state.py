@@ -8,6 +8,7 @@ background; ``/readyz`` turns ready once the default model is loaded.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,8 +48,10 @@ class ServiceState:
 
     async def _load(self) -> None:
         assert self.registry is not None and self.engine is not None
+        threads = self.settings.resolved_step_threads
         try:
-            await self.engine.call(self.registry.load_all, self.loader)
+            await self.engine.call(set_step_threads, threads)
+            await self.engine.call(self.registry.load_all, self.loader, threads)
         except Exception as e:  # noqa: BLE001 - reported by /readyz instead of killing the app
             self.load_error = f"{type(e).__name__}: {e}"
             return
@@ -70,6 +73,11 @@ class ServiceState:
             self.load_error = f"default model {default.name!r} failed to load: {default.error}"
             log.error(self.load_error)
             return
+        # Everything loaded so far (torch, the models: millions of objects) lives as long as the process;
+        # frozen, it is never traversed again by the cyclic garbage collector, whose full collections
+        # would otherwise pause the event loop for tens of milliseconds now and then.
+        gc.collect()
+        gc.freeze()
         self.ready = True
         log.info("serving models %s (default %s)", self.registry.names, self.registry.default_name)
 
@@ -155,6 +163,14 @@ class ServiceState:
             stall_timeout_s=s.idle_timeout_s,
         )
         return SessionConfig(bcfg, t_start_us, readout or default_readout(card), output, limits)
+
+
+def set_step_threads(n: int) -> None:
+    """Intra-op threads of torch for the calling thread (the engine's worker; torch keeps the setting
+    per thread with OpenMP). ONNX Runtime gets its thread count when a session is made."""
+    import torch
+
+    torch.set_num_threads(n)
 
 
 def runner_device(r: Any) -> str:

@@ -139,6 +139,7 @@ class Metrics:
             registry=r,
         )
         self._ema: dict[str, list[float]] = {}
+        self._children: dict[str, _BatchChildren] = {}
 
     def register_model(
         self,
@@ -178,21 +179,38 @@ class Metrics:
         step_s: float,
     ) -> None:
         """Account one model call; ``counts`` is ``[n, L]`` spikes per stream and layer."""
+        c = self._children.get(model)
+        if c is None:  # label look-ups cost microseconds each: once per model, not per batch
+            c = self._children[model] = _BatchChildren(self, model, layers)
         n = int(counts.shape[0])
-        self.steps.labels(model).inc(n)
-        self.batch_size.labels(model).observe(n)
-        self.step_latency.labels(model).observe(step_s)
-        self.sops.labels(model).inc(max(sops, 0.0))
-        self.energy.labels(model).inc(max(energy_j, 0.0))
-        totals = counts.sum(0)
+        c.steps.inc(n)
+        c.batch_size.observe(n)
+        c.step_latency.observe(step_s)
+        c.sops.inc(max(sops, 0.0))
+        c.energy.inc(max(energy_j, 0.0))
+        totals = counts.sum(0).tolist()
         ema = self._ema.setdefault(model, [0.0] * (len(layers) + 1))
         w = 1.0 - (1.0 - RATE_EMA) ** n  # n steps at once weigh as n single steps
-        for i, (layer, total, neu) in enumerate(zip(layers, totals, neurons)):
-            self.spikes.labels(model, layer).inc(float(total))
-            ema[i] += w * (float(total) / (neu * n) - ema[i])
-            self.layer_rate.labels(model, layer).set(ema[i])
-        ema[-1] += w * (float(totals.sum()) / (sum(neurons) * n) - ema[-1])
-        self.network_rate.labels(model).set(ema[-1])
+        for i, (total, neu) in enumerate(zip(totals, neurons)):
+            c.spikes[i].inc(total)
+            ema[i] += w * (total / (neu * n) - ema[i])
+            c.layer_rate[i].set(ema[i])
+        ema[-1] += w * (sum(totals) / (sum(neurons) * n) - ema[-1])
+        c.network_rate.set(ema[-1])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _BatchChildren:
+    """The labelled series :meth:`Metrics.observe_batch` updates for one model."""
+
+    def __init__(self, m: Metrics, model: str, layers: tuple[str, ...]) -> None:
+        self.steps = m.steps.labels(model)
+        self.batch_size = m.batch_size.labels(model)
+        self.step_latency = m.step_latency.labels(model)
+        self.sops = m.sops.labels(model)
+        self.energy = m.energy.labels(model)
+        self.network_rate = m.network_rate.labels(model)
+        self.spikes = [m.spikes.labels(model, layer) for layer in layers]
+        self.layer_rate = [m.layer_rate.labels(model, layer) for layer in layers]

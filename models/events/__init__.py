@@ -1,6 +1,6 @@
 """DVS events: the record type, binning into frames (shared by training and serving), file I/O."""
 
-from models.events.binner import BinnerConfig, FrameBinner, encode_events
+from models.events.binner import BinnerConfig, FrameBinner, TimedFrames, encode_events
 from models.events.readers import read_events, write_aedat4, write_numpy
 from models.events.types import EVENT_BYTES, EVENT_DTYPE, EventError, SensorSize, make_events, validate_events
 
@@ -11,6 +11,7 @@ __all__ = [
     "EventError",
     "FrameBinner",
     "SensorSize",
+    "TimedFrames",
     "encode_events",
     "make_events",
     "read_events",

@@ -33,7 +33,7 @@ Timeline rules (precise, because the live service depends on them):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -74,6 +74,13 @@ class BinnerConfig:
         return (2, -(-self.sensor.height // self.ds), -(-self.sensor.width // self.ds))
 
 
+class TimedFrames(NamedTuple):
+    """Frames with the stream time of each: ``frames[i]`` is the bin ``[t_start_us[i], t_start_us[i] + dt_us)``."""
+
+    frames: np.ndarray  # [n, 2, H', W'] float32
+    t_start_us: np.ndarray  # [n] int64
+
+
 class FrameBinner:
     """Stateful binner for one event stream; packets may be split anywhere.
 
@@ -112,7 +119,16 @@ class FrameBinner:
         Raises :class:`EventError` (from :func:`validate_events`) before touching any state, so a
         bad packet costs the stream nothing.
         """
-        validate_events(events, self.cfg.sensor, self.last_t)
+        return self.push_timed(events).frames
+
+    def push_timed(self, events: np.ndarray, *, validate: bool = True) -> TimedFrames:
+        """:meth:`push`, also returning each frame's bin start (gap-cap skips make them non-consecutive).
+
+        ``validate=False`` skips :func:`validate_events`, for a caller that has just checked these
+        events against this binner's sensor and ``last_t``.
+        """
+        if validate:
+            validate_events(events, self.cfg.sensor, self.last_t)
         if events.size == 0:
             return self._empty()
         # Valid events cannot make anything below fail, so state may change from here on.
@@ -120,12 +136,14 @@ class FrameBinner:
             self.t0 = int(events["t"][0])
         self.last_t = int(events["t"][-1])
         if events.size <= _CHUNK:
-            return self._add(events)
+            return self._timed(*self._add(events))
         # Cache-sized pieces run faster than one huge pass, and split invariance makes them equal.
-        return np.concatenate([self._add(events[i : i + _CHUNK]) for i in range(0, events.size, _CHUNK)])
+        parts = [self._add(events[i : i + _CHUNK]) for i in range(0, events.size, _CHUNK)]
+        return self._timed(np.concatenate([f for f, _ in parts]), np.concatenate([k for _, k in parts]))
 
-    def _add(self, events: np.ndarray) -> np.ndarray:
-        """Bin valid, non-empty events that do not go back in time; return the completed frames."""
+    def _add(self, events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Bin valid, non-empty events that do not go back in time; return the completed frames and
+        their grid indices."""
         cfg, t0 = self.cfg, self.t0
         assert t0 is not None
         t = events["t"]
@@ -133,7 +151,7 @@ class FrameBinner:
         first = int(np.searchsorted(t, t0 + self._k_open * cfg.dt_us, side="left"))
         self.dropped_events += first
         if first == t.size:
-            return self._empty()
+            return self._none()
         ev = events[first:]
         pix = self._pixels(ev)
         f = self._acc.size
@@ -145,7 +163,7 @@ class FrameBinner:
             else:
                 self._acc += np.bincount(pix, minlength=f)
             self._acc_n += ev.size
-            return self._empty()
+            return self._none()
         k = (ev["t"] - t0) // cfg.dt_us
         # Sorted bins: compact ids by counting changes, O(n) and no sort.
         change = k[1:] != k[:-1]
@@ -159,11 +177,11 @@ class FrameBinner:
             else:
                 bins = np.concatenate(([self._k_open], bins))
                 counts = np.concatenate((self._acc[None], counts))
-        frames = self._complete(int(bins[-1]), bins[:-1], counts[:-1])
+        done = self._complete(int(bins[-1]), bins[:-1], counts[:-1])
         # bins[-1] > the old open bin here, so the new open bin holds only this packet's events.
         self._acc = counts[-1].copy()
         self._acc_n = ev.size - int(np.searchsorted(k, k[-1]))
-        return frames
+        return done
 
     def advance_to(self, t_us: int) -> np.ndarray:
         """Complete every bin ending at or before ``t_us``: the stream promises no earlier events.
@@ -171,30 +189,39 @@ class FrameBinner:
         Used by a live stream that has been silent for a while. Before ``t0`` is known there is no
         grid yet and nothing happens.
         """
+        return self.advance_to_timed(t_us).frames
+
+    def advance_to_timed(self, t_us: int) -> TimedFrames:
+        """:meth:`advance_to`, also returning each frame's bin start."""
         if self.t0 is None:
             return self._empty()
         k_end = (int(t_us) - self.t0) // self.cfg.dt_us
         if k_end <= self._k_open:
             return self._empty()
-        return self._complete_open(k_end)
+        return self._timed(*self._complete_open(k_end))
 
     def flush(self) -> np.ndarray:
         """Emit the open bin if it holds any event and move on one bin; else do nothing."""
+        return self.flush_timed().frames
+
+    def flush_timed(self) -> TimedFrames:
+        """:meth:`flush`, also returning the frame's bin start."""
         if not self._acc_n:
             return self._empty()
-        return self._complete_open(self._k_open + 1)
+        return self._timed(*self._complete_open(self._k_open + 1))
 
-    def _complete_open(self, k_end: int) -> np.ndarray:
+    def _complete_open(self, k_end: int) -> tuple[np.ndarray, np.ndarray]:
         if self._acc_n:
-            frames = self._complete(k_end, np.array([self._k_open]), self._acc[None])
+            done = self._complete(k_end, np.array([self._k_open]), self._acc[None])
         else:
-            frames = self._complete(k_end, np.zeros(0, np.int64), self._acc[None][:0])
+            done = self._complete(k_end, np.zeros(0, np.int64), self._acc[None][:0])
         self._acc = np.zeros_like(self._acc)
         self._acc_n = 0
-        return frames
+        return done
 
-    def _complete(self, k_end: int, bins: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """Emit grid bins ``[k_open, k_end)``; ``bins`` (sorted) are the non-empty ones.
+    def _complete(self, k_end: int, bins: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Emit grid bins ``[k_open, k_end)``; ``bins`` (sorted) are the non-empty ones. Returns the
+        frames ``[n, 2, H', W']`` and their grid indices ``[n]``.
 
         Gap arithmetic is per run of empty bins, not per bin, so a gap of a billion bins costs
         nothing.
@@ -209,11 +236,20 @@ class FrameBinner:
         out = np.zeros((n, self._acc.size), dtype=np.float32)
         if m:
             out[rows] = counts > 0 if cfg.mode == "binary" else counts
+        # grid index of every row: the non-empty bins at ``rows``, each run's emitted empty bins right
+        # after the bin before it
+        ks = np.empty(n, dtype=np.int64)
+        ks[rows] = bins
+        if n > m:
+            empty = np.ones(n, dtype=bool)
+            empty[rows] = False
+            run_start = np.repeat(edges[:-1] + 1, emit)
+            ks[empty] = run_start + np.arange(n - m) - np.repeat(np.cumsum(emit) - emit, emit)
         self._gap_run = self._gap_run + int(emit[0]) if m == 0 else int(emit[-1])
         self.skipped_bins += int(gaps.sum() - emit.sum())
         self.bins_emitted += n
         self._k_open = k_end
-        return out.reshape(n, *cfg.frame_shape)
+        return out.reshape(n, *cfg.frame_shape), ks
 
     def _pixels(self, ev: np.ndarray) -> np.ndarray:
         """Flat frame index ``p*H'*W' + (y//ds)*W' + x//ds`` of each event, as intp."""
@@ -223,8 +259,15 @@ class FrameBinner:
         pix += self._lut_p.take(ev["p"])
         return pix
 
-    def _empty(self) -> np.ndarray:
-        return np.zeros((0, *self.cfg.frame_shape), dtype=np.float32)
+    def _none(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros((0, *self.cfg.frame_shape), dtype=np.float32), np.zeros(0, dtype=np.int64)
+
+    def _empty(self) -> TimedFrames:
+        return TimedFrames(*self._none())
+
+    def _timed(self, frames: np.ndarray, ks: np.ndarray) -> TimedFrames:
+        assert self.t0 is not None
+        return TimedFrames(frames, self.t0 + ks * self.cfg.dt_us)
 
 
 def encode_events(

@@ -94,7 +94,9 @@ class ModelCard(BaseModel):
     format_version: Literal[1] = FORMAT_VERSION
     name: str = Field(min_length=1)
     version: str = "0.1.0"
-    created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    created: str = Field(
+        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    )
     mode: Mode
     timesteps: int = Field(gt=0)  # T of the window (window mode) / of training (step mode)
     hop: int = Field(default=1, gt=0)  # window mode: evaluate every `hop` steps
@@ -117,9 +119,13 @@ class ModelCard(BaseModel):
         if len(self.classes) != cfg.num_classes:
             raise ValueError(f"{len(self.classes)} class names for a network with {cfg.num_classes} outputs")
         if self.mode == "step" and not cfg.stepwise:
-            raise ValueError(f"mode 'step' for attention {cfg.attention.kind!r}, which needs the whole window")
+            raise ValueError(
+                f"mode 'step' for attention {cfg.attention.kind!r}, which needs the whole window"
+            )
         if self.mode == "window" and self.timesteps != cfg.timesteps:
-            raise ValueError(f"window of {self.timesteps} timesteps for a network built for T={cfg.timesteps}")
+            raise ValueError(
+                f"window of {self.timesteps} timesteps for a network built for T={cfg.timesteps}"
+            )
         frame = (-(-self.sensor.height // self.ds), -(-self.sensor.width // self.ds))
         if frame != tuple(cfg.input_size):
             raise ValueError(
@@ -191,7 +197,12 @@ def software_versions() -> dict[str, str]:
 
     from asasnn import __version__
 
-    out = {"asasnn": __version__, "torch": torch.__version__, "onnx": onnx.__version__, "numpy": numpy.__version__}
+    out = {
+        "asasnn": __version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "numpy": numpy.__version__,
+    }
     try:
         import onnxruntime
 
@@ -234,11 +245,15 @@ def read_card(directory: Path | str) -> ModelCard:
     if not isinstance(raw, dict):
         raise BundleError(p, f"model card must be a JSON object, got {type(raw).__name__}")
     if raw.get("format") not in (None, FORMAT) or raw.get("format_version") not in (None, FORMAT_VERSION):
-        raise BundleError(p, f"unsupported bundle format {raw.get('format')!r} v{raw.get('format_version')!r}")
+        raise BundleError(
+            p, f"unsupported bundle format {raw.get('format')!r} v{raw.get('format_version')!r}"
+        )
     try:
         return ModelCard.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'card'}: {e['msg']}" for e in err.errors()[:5])
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'card'}: {e['msg']}" for e in err.errors()[:5]
+        )
         raise BundleError(p, f"model card does not fit the schema: {problems}") from None
 
 
@@ -295,6 +310,9 @@ def load_bundle(directory: Path | str, check_graph: bool = True) -> Bundle:
 
 
 __all__ = [
+    "CARD_FILE",
+    "ONNX_FILES",
+    "WEIGHTS_FILE",
     "Bundle",
     "BundleError",
     "Metrics",
@@ -302,9 +320,6 @@ __all__ = [
     "OnnxInfo",
     "Sensor",
     "Verification",
-    "CARD_FILE",
-    "WEIGHTS_FILE",
-    "ONNX_FILES",
     "expected_io",
     "load_bundle",
     "read_card",

@@ -24,7 +24,7 @@ def calibrate_untrained(net: SpikingNet, frames: Tensor, gain: float = 0.6, shif
         syn = layer.synapse
         target = _last_linear_or_conv(syn)
         seen: list[Tensor] = []
-        handle = target.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+        handle = target.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.detach()))
         try:
             net(frames)
         finally:

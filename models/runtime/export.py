@@ -101,14 +101,21 @@ def fold_batchnorm(net: SpikingNet, fold_pool: bool = False) -> SpikingNet:
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     assert bn.running_mean is not None and bn.running_var is not None
     w = conv.weight.detach().double()
-    scale = (bn.weight.detach().double() if bn.affine else torch.ones_like(bn.running_var.double())) / torch.sqrt(
-        bn.running_var.double() + bn.eps
-    )
+    scale = (
+        bn.weight.detach().double() if bn.affine else torch.ones_like(bn.running_var.double())
+    ) / torch.sqrt(bn.running_var.double() + bn.eps)
     shift = bn.bias.detach().double() if bn.affine else torch.zeros_like(scale)
     b = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(scale)
     new = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-        conv.groups, bias=True, padding_mode=conv.padding_mode,
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
     ).to(device=conv.weight.device, dtype=conv.weight.dtype)
     with torch.no_grad():
         new.weight.copy_(w * scale.view(-1, 1, 1, 1))
@@ -122,11 +129,19 @@ def _pair(v: Any) -> tuple[int, int]:
 
 def _poolable(conv: nn.Module, pool: nn.Module) -> bool:
     return (
-        isinstance(conv, nn.Conv2d) and isinstance(pool, nn.AvgPool2d)
-        and conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
-        and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
-        and _pair(pool.kernel_size) == (2, 2) and _pair(pool.stride or pool.kernel_size) == (2, 2)
-        and _pair(pool.padding) == (0, 0) and not pool.ceil_mode and pool.divisor_override is None
+        isinstance(conv, nn.Conv2d)
+        and isinstance(pool, nn.AvgPool2d)
+        and conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.padding == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and _pair(pool.kernel_size) == (2, 2)
+        and _pair(pool.stride or pool.kernel_size) == (2, 2)
+        and _pair(pool.padding) == (0, 0)
+        and not pool.ceil_mode
+        and pool.divisor_override is None
     )
 
 
@@ -223,8 +238,17 @@ def export_onnx(net: SpikingNet, mode: Mode, with_spikes: bool = False, fold: bo
         dyn = ({1: batch},)
     with _quiet(), torch.no_grad():
         program = torch.onnx.export(
-            graph, args, None, dynamo=True, input_names=inputs, output_names=[*outputs, *spike_names],
-            dynamic_shapes=dyn, opset_version=OPSET, optimize=True, verbose=False, external_data=False,
+            graph,
+            args,
+            None,
+            dynamo=True,
+            input_names=inputs,
+            output_names=[*outputs, *spike_names],
+            dynamic_shapes=dyn,
+            opset_version=OPSET,
+            optimize=True,
+            verbose=False,
+            external_data=False,
         )
     proto = program.model_proto
     proto.doc_string = f"asasnn {mode} graph of {cfg.name} (attention {cfg.attention.kind}), BatchNorm folded"
@@ -244,7 +268,9 @@ def strip_outputs(onnx_bytes: bytes, keep: Sequence[str]) -> bytes:
 
 
 # ---- frames for the check ------------------------------------------------------------------------
-def random_frames(steps: int, batch: int, shape: Sequence[int], rate: float = 0.6, seed: int = 0) -> np.ndarray:
+def random_frames(
+    steps: int, batch: int, shape: Sequence[int], rate: float = 0.6, seed: int = 0
+) -> np.ndarray:
     """Poisson event counts ``[steps, batch, *shape]`` float32 (mean ``rate`` events per pixel)."""
     rng = np.random.default_rng(seed)
     return rng.poisson(rate, size=(steps, batch, *shape)).astype(np.float32)
@@ -264,13 +290,19 @@ def synthetic_frames(
         return None
     size = SensorSize(sensor.width, sensor.height)
     cfg = SyntheticConfig(
-        sensor=size, duration_us=max(steps * dt_us, 100_000), num_subjects_train=0, num_subjects_test=1,
-        clips_per_class_per_subject=1, seed=seed,
+        sensor=size,
+        duration_us=max(steps * dt_us, 100_000),
+        num_subjects_train=0,
+        num_subjects_test=1,
+        clips_per_class_per_subject=1,
+        seed=seed,
     )
     specs = sample_list(cfg, "test")
     specs = [specs[i * len(specs) // clips] for i in range(clips)]  # spread over the classes
     binner = BinnerConfig(size, dt_us, ds)
-    frames = [encode_events(generate(s, cfg), binner, t_start=0, t_end=steps * dt_us, num_bins=steps) for s in specs]
+    frames = [
+        encode_events(generate(s, cfg), binner, t_start=0, t_end=steps * dt_us, num_bins=steps) for s in specs
+    ]
     return np.stack(frames, axis=1).astype(np.float32)
 
 
@@ -351,9 +383,16 @@ def verify_onnx(
     rates = (tally.spikes / np.maximum(tally.neuron_steps, 1)).tolist()
     return Verification(
         passed=bool(agreement >= min_agreement and tally.max_rate <= tol),
-        spike_agreement=float(agreement), max_out_diff=tally.max_out, max_rate_diff=tally.max_rate,
-        max_state_diff=tally.max_state, steps=steps_max, streams=streams, frames=list(frame_sets),
-        layer_rates=[float(r) for r in rates], min_agreement=min_agreement, rate_tol=float(tol),
+        spike_agreement=float(agreement),
+        max_out_diff=tally.max_out,
+        max_rate_diff=tally.max_rate,
+        max_state_diff=tally.max_state,
+        steps=steps_max,
+        streams=streams,
+        frames=list(frame_sets),
+        layer_rates=[float(r) for r in rates],
+        min_agreement=min_agreement,
+        rate_tol=float(tol),
     )
 
 
@@ -394,7 +433,9 @@ def _verify_window(ref, sess, frames, outs, spike_names, tally: _Tally) -> None:
 
 
 # ---- bundles -------------------------------------------------------------------------------------
-def default_frame_sets(card: ModelCard, steps: int, real: np.ndarray | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+def default_frame_sets(
+    card: ModelCard, steps: int, real: np.ndarray | None = None, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Random frames (3 streams) and real ones: ``real`` if given, else synthetic gestures (2 streams)."""
     shape = card.frame_shape
     sets = {"random": random_frames(steps, 3, shape, seed=seed)}
@@ -407,7 +448,9 @@ def default_frame_sets(card: ModelCard, steps: int, real: np.ndarray | None = No
     else:
         syn = synthetic_frames(card.sensor, card.ds, card.dt_us, steps, seed=seed)
         if syn is not None:
-            sets[f"synthetic gestures ({card.sensor.width}x{card.sensor.height}, ds={card.ds}, dt={card.dt_us} us)"] = syn
+            sets[
+                f"synthetic gestures ({card.sensor.width}x{card.sensor.height}, ds={card.ds}, dt={card.dt_us} us)"
+            ] = syn
     return sets
 
 
@@ -443,10 +486,20 @@ def build_card(
         s = Sensor(width=int(sensor[0]), height=int(sensor[1]))
     mode: Mode = "step" if cfg.stepwise else "window"
     return ModelCard(
-        name=name or cfg.name, version=version, mode=mode, timesteps=cfg.timesteps,
+        name=name or cfg.name,
+        version=version,
+        mode=mode,
+        timesteps=cfg.timesteps,
         hop=hop if hop is not None else (1 if mode == "step" else max(1, cfg.timesteps // 4)),
-        config=cfg.to_dict(), classes=[str(c) for c in classes], sensor=s, ds=ds, dt_us=dt_us,
-        dataset=dataset, metrics=Metrics(**(metrics or {})), command=command, train_config=train_config,
+        config=cfg.to_dict(),
+        classes=[str(c) for c in classes],
+        sensor=s,
+        ds=ds,
+        dt_us=dt_us,
+        dataset=dataset,
+        metrics=Metrics(**(metrics or {})),
+        command=command,
+        train_config=train_config,
         software=software_versions(),
     )
 
@@ -479,7 +532,9 @@ def export_bundle(
         raise VerificationError(report)
     ins, outs = expected_io(net, mode)
     shipped = strip_outputs(full, outs)
-    card = card.model_copy(update={"onnx": OnnxInfo(opset=OPSET, inputs=ins, outputs=outs), "verification": report})
+    card = card.model_copy(
+        update={"onnx": OnnxInfo(opset=OPSET, inputs=ins, outputs=outs), "verification": report}
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -504,7 +559,9 @@ def add_spike_outputs(onnx_bytes: bytes, layer_names: Sequence[str]) -> bytes:
     missing = [n for n in names if n not in produced]
     if missing:
         raise ValueError(f"graph has no values named {missing}; it was not written by this exporter")
-    model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
+    model.graph.output.extend(
+        onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names
+    )
     return model.SerializeToString()
 
 

@@ -34,7 +34,9 @@ class Prediction(NamedTuple):
 class Readout:
     """Running prediction of one stream (see the module docstring)."""
 
-    def __init__(self, num_classes: int, mode: ReadoutMode = "horizon", horizon: int = 16, alpha: float = 0.1) -> None:
+    def __init__(
+        self, num_classes: int, mode: ReadoutMode = "horizon", horizon: int = 16, alpha: float = 0.1
+    ) -> None:
         if mode not in ("horizon", "ema"):
             raise ValueError(f"mode must be 'horizon' or 'ema', got {mode!r}")
         if horizon < 1:
@@ -74,7 +76,9 @@ class Readout:
         score = np.maximum(score, 0.0)
         total = score.sum()
         probs = score / total if total > 0 else np.full(self.num_classes, 1.0 / self.num_classes)
-        return Prediction(probs.astype(np.float32), int(np.argmax(score)), score.astype(np.float32), self.steps)
+        return Prediction(
+            probs.astype(np.float32), int(np.argmax(score)), score.astype(np.float32), self.steps
+        )
 
 
 __all__ = ["Prediction", "Readout", "ReadoutMode"]

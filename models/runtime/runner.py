@@ -137,7 +137,9 @@ class StepRunner:
         n = idx.shape[0]
         x = np.ascontiguousarray(frames, dtype=np.float32)
         if x.shape != (n, *self.frame_shape):
-            raise ValueError(f"frames must have shape {(n, *self.frame_shape)} for {n} slot(s), got {x.shape}")
+            raise ValueError(
+                f"frames must have shape {(n, *self.frame_shape)} for {n} slot(s), got {x.shape}"
+            )
         with self._lock:
             if n and (idx.min() < 0 or idx.max() >= self._capacity or not self._is_open[idx].all()):
                 bad = [int(s) for s in idx if not (0 <= s < self._capacity and self._is_open[s])]
@@ -147,7 +149,9 @@ class StepRunner:
             if n == 0:
                 k, layers = self.num_classes, len(self.layer_names)
                 z = np.zeros(0, dtype=np.float32)
-                return StepResult(np.zeros((0, k), np.float32), np.zeros((0, layers), np.float32), z, z, z.astype(bool))
+                return StepResult(
+                    np.zeros((0, k), np.float32), np.zeros((0, layers), np.float32), z, z, z.astype(bool)
+                )
             out, counts, evaluated = self._advance(idx, x)
         sops = counts @ self._fanout
         energy = self._e_fixed + self._e_ac * sops
@@ -184,8 +188,13 @@ class TorchStepRunner(StepRunner):
     once per power-of-two batch size (about a minute each on a 2-core CPU; CUDA graphs on a GPU)."""
 
     def __init__(
-        self, net: SpikingNet, card: ModelCard, device: Device = "auto", capacity: int = 8,
-        fold_bn: bool = True, compile: bool = False,
+        self,
+        net: SpikingNet,
+        card: ModelCard,
+        device: Device = "auto",
+        capacity: int = 8,
+        fold_bn: bool = True,
+        compile: bool = False,
     ) -> None:
         from models.runtime.export import fold_batchnorm
 
@@ -201,7 +210,9 @@ class TorchStepRunner(StepRunner):
         super().__init__(card, net, capacity)
 
     def _resize(self, capacity: int) -> None:
-        new = [torch.zeros(capacity + 1, *s, device=self.device) for s in self.state_shapes]  # +1: scratch row
+        new = [
+            torch.zeros(capacity + 1, *s, device=self.device) for s in self.state_shapes
+        ]  # +1: scratch row
         for a, b in zip(new, self._state):
             a[: b.shape[0] - 1].copy_(b[:-1])
         self._state = new
@@ -267,8 +278,13 @@ class OrtStepRunner(StepRunner):
     """ONNX Runtime backend on a bundle's step graph (see the module docstring)."""
 
     def __init__(
-        self, onnx_path: Path | str | bytes, card: ModelCard, net: SpikingNet, device: Device = "auto",
-        capacity: int = 8, threads: int | None = None,
+        self,
+        onnx_path: Path | str | bytes,
+        card: ModelCard,
+        net: SpikingNet,
+        device: Device = "auto",
+        capacity: int = 8,
+        threads: int | None = None,
     ) -> None:
         self.session = make_session(onnx_path, device, threads)
         self.providers = self.session.get_providers()
@@ -356,7 +372,9 @@ class OrtStepRunner(StepRunner):
             table[rows] = buf[:n]
         return self._outs[0][:n].copy(), self._outs[1][:n].copy(), np.ones(n, dtype=bool)
 
-    def _advance_cuda(self, rows: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _advance_cuda(
+        self, rows: np.ndarray, frames: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = rows.shape[0]
         b = self._binding(n)
         ii = torch.from_numpy(rows).cuda()
@@ -373,22 +391,33 @@ class OrtStepRunner(StepRunner):
 
 # ---- loading -------------------------------------------------------------------------------------
 def load_runner(
-    bundle_dir: Path | str | Bundle, backend: Backend = "onnx", device: Device = "auto", **kw: Any
+    bundle_dir: Path | str | Bundle,
+    backend: Backend = "onnx",
+    device: Device = "auto",
+    *,
+    capacity: int = 8,
+    threads: int | None = None,
+    compile: bool = False,
+    hop: int | None = None,
 ) -> StepRunner:
     """A runner for a bundle. Step-mode bundles give :class:`OrtStepRunner` / :class:`TorchStepRunner`;
     window-mode bundles (paper ASA, SA) a :class:`~models.runtime.window.WindowRunner` with the same
-    interface. ``kw``: ``capacity``, ``threads`` (onnx), ``compile`` (torch), ``hop`` (window)."""
-    bundle = bundle_dir if isinstance(bundle_dir, Bundle) else load_bundle(bundle_dir, check_graph=backend == "onnx")
+    interface. ``capacity``: initial slots (the table grows); ``threads``: ONNX Runtime intra-op
+    threads (default: all cores); ``compile``: ``torch.compile`` (torch backend, step mode);
+    ``hop``: window mode, evaluate every ``hop`` steps (default: the card's)."""
     if backend not in ("torch", "onnx"):
         raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+    if isinstance(bundle_dir, Bundle):
+        bundle = bundle_dir
+    else:
+        bundle = load_bundle(bundle_dir, check_graph=backend == "onnx")
     if bundle.card.mode == "window":
         from models.runtime.window import WindowRunner
 
-        return WindowRunner.from_bundle(bundle, backend, device, **kw)
-    capacity = kw.pop("capacity", 8)
+        return WindowRunner.from_bundle(bundle, backend, device, capacity=capacity, threads=threads, hop=hop)
     if backend == "torch":
-        return TorchStepRunner(bundle.net, bundle.card, device, capacity, compile=kw.pop("compile", False))
-    return OrtStepRunner(bundle.onnx_path, bundle.card, bundle.net, device, capacity, threads=kw.pop("threads", None))
+        return TorchStepRunner(bundle.net, bundle.card, device, capacity, compile=compile)
+    return OrtStepRunner(bundle.onnx_path, bundle.card, bundle.net, device, capacity, threads=threads)
 
 
 __all__ = [

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -66,8 +65,13 @@ class WindowRunner(StepRunner):
     """Rolling buffer of the last ``T`` frames per slot, evaluated every ``hop`` steps."""
 
     def __init__(
-        self, net: SpikingNet, card: ModelCard, evaluator: Evaluator, timesteps: int | None = None,
-        hop: int | None = None, capacity: int = 8,
+        self,
+        net: SpikingNet,
+        card: ModelCard,
+        evaluator: Evaluator,
+        timesteps: int | None = None,
+        hop: int | None = None,
+        capacity: int = 8,
     ) -> None:
         self.timesteps = int(timesteps or card.timesteps)
         self.hop = int(hop or card.hop)
@@ -81,12 +85,21 @@ class WindowRunner(StepRunner):
         super().__init__(card, net, capacity)
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, backend: str = "onnx", device: Device = "auto", **kw: Any) -> WindowRunner:
+    def from_bundle(
+        cls,
+        bundle: Bundle,
+        backend: str = "onnx",
+        device: Device = "auto",
+        *,
+        capacity: int = 8,
+        threads: int | None = None,
+        hop: int | None = None,
+    ) -> WindowRunner:
         if backend == "torch":
             ev: Evaluator = TorchWindowEval(bundle.net, device)
         else:
-            ev = OrtWindowEval(bundle.onnx_path, device, kw.pop("threads", None))
-        return cls(bundle.net, bundle.card, ev, hop=kw.pop("hop", None), capacity=kw.pop("capacity", 8))
+            ev = OrtWindowEval(bundle.onnx_path, device, threads)
+        return cls(bundle.net, bundle.card, ev, hop=hop, capacity=capacity)
 
     def bytes_per_stream(self) -> int:
         """Host memory of one slot: its frame buffer and latest outputs (float32)."""

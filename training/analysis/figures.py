@@ -49,6 +49,7 @@ def fig_tsfr(results: list[ModelResult]) -> Figure:
     for ax, title in zip(axes, ["network", *names]):
         ax.set_title(f"T-SFR, {title}")
         ax.set_xlabel("timestep t")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(bottom=0)
     for ax in grid[:, 0]:
         ax.set_ylabel("spikes / neuron / timestep")
@@ -240,11 +241,14 @@ def fig_noise_scatter(results: list[ModelResult], noise_ratio: float, min_rate: 
         ax.axvline(min_rate, color="#9e9e9e", ls=":", lw=1, label=f"null if C-SFR < {min_rate:g}")
         ax.set_xscale("symlog", linthresh=min_rate)
         ax.set_yscale("log")
-        ticks = [0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100]
-        ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_yticks(RATIO_TICKS, [f"{t:g}" for t in RATIO_TICKS])
         ax.yaxis.set_minor_locator(NullLocator())
         ax.set_title(results[0].layers[i].name)
         ax.set_xlabel("C-SFR (spikes / neuron / timestep)")
+    vals = np.concatenate([r.layers[i].density_ratio for r in results for i in conv])
+    vals = np.clip(vals[~np.isnan(vals)], 1 / RATIO_MAX, RATIO_MAX)
+    if vals.size:
+        axes[0].set_ylim(min(vals.min(), noise_ratio) / 1.5, max(vals.max(), noise_ratio) * 1.5)
     axes[0].set_ylabel("spike density off / on the event region")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=8)
@@ -252,6 +256,7 @@ def fig_noise_scatter(results: list[ModelResult], noise_ratio: float, min_rate: 
 
 
 RATIO_MAX = 100.0
+RATIO_TICKS = [0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100]
 
 
 def _mpd_xrange(results: list[ModelResult], i: int, edges: np.ndarray) -> tuple[float, float]:
@@ -383,6 +388,7 @@ def fig_masks(r: ModelResult) -> Figure:
         for ax in axes[:, j]:
             ax.set_xlabel("timestep t")
             ax.set_ylabel("channel")
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(f"{r.name}: channels in the important group M1", fontsize=9)
     fig.colorbar(im, ax=axes, shrink=0.6, label="share of clips with (t, c) in M1")
     return fig

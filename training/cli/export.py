@@ -19,6 +19,7 @@ written and the command exits with 1. ``--check DIR`` re-runs that check on a wr
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true", help="only verify CHECKPOINT, an existing bundle")
     parser.add_argument("--name", help="model name on the card (default: the network preset's name)")
     parser.add_argument("--version", default=None, help="model version on the card (default 0.1.0)")
-    parser.add_argument("--hop", type=int, default=None, help="window mode: evaluate every HOP steps (default T/4)")
+    parser.add_argument(
+        "--hop", type=int, default=None, help="window mode: evaluate every HOP steps (default T/4)"
+    )
     parser.add_argument("--frames", help="real frames for the check: .npy / .npz array [T, (B,) 2, H, W]")
     parser.add_argument("--events", help="real events for the check: a recording models.events can read")
     parser.add_argument("--min-agreement", type=float, default=0.9999, help="spike agreement needed (0..1)")
-    parser.add_argument("--rate-tol", type=float, default=None, help="output-rate tolerance (default max(0.1, 1.5 / T))")
+    parser.add_argument(
+        "--rate-tol", type=float, default=None, help="output-rate tolerance (default max(0.1, 1.5 / T))"
+    )
     parser.add_argument("--force", action="store_true", help="replace a non-empty output directory")
 
 
@@ -51,10 +56,21 @@ def load_checkpoint(path: Path) -> tuple[Any, dict[str, Any]]:
         raise ValueError(f"{path}: no such checkpoint file")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt zip, truncated file, a pickle with code in it, ...
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+    except (
+        RuntimeError,
+        pickle.UnpicklingError,
+        EOFError,
+        OSError,
+        ValueError,
+        AttributeError,
+        ImportError,
+    ) as err:
+        # a corrupt zip, a truncated file, a pickle that asks for code, ...
+        raise ValueError(
+            f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        ) from None
     if not isinstance(ck, dict):
-        raise ValueError(f"{path}: a checkpoint must be a dict, got {type(ck).__name__}")
+        raise TypeError(f"{path}: a checkpoint must be a dict, got {type(ck).__name__}")
     missing = [k for k in ("config", "model", "data") if k not in ck]
     if missing:
         raise ValueError(f"{path}: checkpoint lacks {missing} (see `asasnn export --help`)")
@@ -68,7 +84,9 @@ def load_checkpoint(path: Path) -> tuple[Any, dict[str, Any]]:
     try:
         net.load_state_dict(ck["model"], strict=True)
     except (RuntimeError, TypeError, AttributeError) as err:
-        raise ValueError(f"{path}: weights do not match the network config: {' '.join(str(err).split())[:300]}") from None
+        raise ValueError(
+            f"{path}: weights do not match the network config: {' '.join(str(err).split())[:300]}"
+        ) from None
     return net.eval(), ck
 
 
@@ -98,7 +116,10 @@ def _print_report(rep: Any, out: Any = None) -> None:
         file=out,
     )
     rates = ", ".join(f"{r:.3f}" for r in rep.layer_rates)
-    print(f"  {rep.streams} streams x {rep.steps} steps on {', '.join(rep.frames)}; layer firing rates {rates}", file=out)
+    print(
+        f"  {rep.streams} streams x {rep.steps} steps on {', '.join(rep.frames)}; layer firing rates {rates}",
+        file=out,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,26 +144,42 @@ def run(args: argparse.Namespace) -> int:
         if is_bundle:
             b = load_bundle(src, check_graph=False)
             net, card = b.net, b.card
-            update = {k: v for k, v in (("name", args.name), ("version", args.version), ("hop", args.hop)) if v}
+            update = {
+                k: v for k, v in (("name", args.name), ("version", args.version), ("hop", args.hop)) if v
+            }
             card = card.model_copy(update=update | {"onnx": None, "verification": None})
             card = type(card).model_validate(card.model_dump())
         else:
             net, ck = load_checkpoint(src)
             data = ck["data"]
             card = build_card(
-                net, classes=data["classes"], sensor=data["sensor"], ds=int(data["ds"]), dt_us=int(data["dt_us"]),
-                name=args.name, version=args.version or "0.1.0", hop=args.hop, metrics=ck.get("metrics") or {},
-                dataset=data.get("dataset"), command=ck.get("command"), train_config=ck.get("train_config"),
+                net,
+                classes=data["classes"],
+                sensor=data["sensor"],
+                ds=int(data["ds"]),
+                dt_us=int(data["dt_us"]),
+                name=args.name,
+                version=args.version or "0.1.0",
+                hop=args.hop,
+                metrics=ck.get("metrics") or {},
+                dataset=data.get("dataset"),
+                command=ck.get("command"),
+                train_config=ck.get("train_config"),
             )
         card = export_bundle(
-            net, card, args.output, real_frames=_real_frames(args, card), min_agreement=args.min_agreement,
-            rate_tol=args.rate_tol, overwrite=args.force,
+            net,
+            card,
+            args.output,
+            real_frames=_real_frames(args, card),
+            min_agreement=args.min_agreement,
+            rate_tol=args.rate_tol,
+            overwrite=args.force,
         )
     except VerificationError as err:
         print(f"asasnn export: refusing to write {args.output}: {err}", file=sys.stderr)
         _print_report(err.report, sys.stderr)
         return 1
-    except (BundleError, ValueError, FileExistsError, OSError) as err:
+    except (BundleError, ValueError, TypeError, FileExistsError, OSError) as err:
         print(f"asasnn export: {err}", file=sys.stderr)
         return 2
     assert card.verification is not None

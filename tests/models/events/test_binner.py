@@ -93,6 +93,20 @@ def test_gap_cap_emits_first_empty_bins_and_counts_the_rest():
     np.testing.assert_array_equal(b.flush(), [frame((0, 0, 1, 1))])
 
 
+def test_timed_frames_carry_their_bin_starts_across_gaps():
+    b = FrameBinner(BinnerConfig(SENSOR, dt_us=10, ds=2, max_gap_bins=2), t_start=0)
+    # bin 0 holds an event, bins 1..6 are empty (1, 2 emitted; 3..6 skipped), bin 7 holds one, 8 is open
+    out = b.push_timed(ev((5, 0, 0, 1), (75, 2, 0, 0), (85, 0, 0, 0)))
+    assert out.t_start_us.tolist() == [0, 10, 20, 70]
+    np.testing.assert_array_equal(out.frames, [frame((1, 0, 0, 1)), zero(), zero(), frame((0, 0, 1, 1))])
+    assert b.advance_to_timed(89).t_start_us.tolist() == []  # bin 8 = [80, 90) is still open
+    assert b.advance_to_timed(140).t_start_us.tolist() == [80, 90, 100]  # 80 holds t=85; 110..130 skipped
+    assert b.push_timed(ev((141, 0, 0, 1))).t_start_us.tolist() == []
+    assert b.flush_timed().t_start_us.tolist() == [140]
+    assert b.flush_timed().frames.shape == (0, 2, 2, 3)
+    assert FrameBinner(CFG).advance_to_timed(100).t_start_us.dtype == np.int64
+
+
 def test_gap_run_is_counted_across_advance_to_calls():
     b = FrameBinner(BinnerConfig(SENSOR, dt_us=10, ds=2, max_gap_bins=2), t_start=0)
     assert b.push(ev((5, 0, 0, 1))).shape == (0, 2, 2, 3)
@@ -280,11 +294,21 @@ def test_any_split_gives_the_frames_of_the_whole(rec, data):
     b = FrameBinner(cfg)
     out = []
     for lo, hi in zip([0, *cuts], [*cuts, events.size]):
-        out.append(b.push(events[lo:hi]))
+        out.append(b.push_timed(events[lo:hi]))
         if hi < events.size and b.last_t is not None and data.draw(st.booleans()):
             # A live stream's clock may complete bins between packets, never past the next event.
-            out.append(b.advance_to(data.draw(st.integers(b.last_t, int(events["t"][hi])))))
-    out.append(b.flush())
-    np.testing.assert_array_equal(np.concatenate(out), expected)
+            out.append(b.advance_to_timed(data.draw(st.integers(b.last_t, int(events["t"][hi])))))
+    out.append(b.flush_timed())
+    np.testing.assert_array_equal(np.concatenate([o.frames for o in out]), expected)
     assert (b.bins_emitted, b.skipped_bins, b.dropped_events) == (
         whole.bins_emitted, whole.skipped_bins, whole.dropped_events)
+    # each frame's bin start is on the grid, strictly increasing, and the frame holds exactly the
+    # events of that bin
+    starts = np.concatenate([o.t_start_us for o in out])
+    assert starts.shape == (expected.shape[0],)
+    if starts.size:
+        t0 = int(events["t"][0])
+        assert ((starts - t0) % cfg.dt_us == 0).all() and (np.diff(starts) > 0).all()
+        for f, s in zip(expected, starts.tolist()):
+            inside = events[(events["t"] >= s) & (events["t"] < s + cfg.dt_us)]
+            np.testing.assert_array_equal(f, encode_events(inside, cfg, t_start=s, num_bins=1)[0])

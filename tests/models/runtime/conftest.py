@@ -16,7 +16,7 @@ from models.runtime.export import random_frames
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
-from runtime_support import export  # noqa: E402
+from runtime_support import export
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,7 @@ SPECS = {
     "tiny-none": Spec("tiny", "none", 16, (32, 32), (128, 128), 4),
     "tiny-causal": Spec("tiny", "causal-asa", 16, (32, 32), (128, 128), 4),
     "gesture3-causal": Spec("gesture3", "causal-asa", 12, (16, 16), (64, 64), 4),
-    "tiny-asa": Spec("tiny", "asa", 6, (32, 32), (128, 128), 4),
+    "tiny-asa": Spec("tiny", "asa", 4, (32, 32), (128, 128), 4),
 }
 STEP_KINDS = ("tiny-none", "tiny-causal", "gesture3-causal")
 
@@ -56,6 +56,8 @@ def make_net(key: str, seed: int = 0) -> SpikingNet:
 def export(key: str, out: Path, seed: int = 0) -> Bundle:
     s = SPECS[key]
     net = make_net(key, seed)
-    card = build_card(net, classes=CLASSES, sensor=s.sensor, ds=s.ds, dt_us=20_000, hop=2 if s.attention == "asa" else None)
+    card = build_card(
+        net, classes=CLASSES, sensor=s.sensor, ds=s.ds, dt_us=20_000, hop=2 if s.attention == "asa" else None
+    )
     export_bundle(net, card, out)
     return load_bundle(out)

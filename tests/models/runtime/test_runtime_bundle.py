@@ -28,7 +28,11 @@ def test_round_trip(bundles):
     assert card.classes == [f"class{i}" for i in range(5)]
     assert (card.sensor.width, card.sensor.height, card.ds, card.dt_us) == (128, 128, 4, 20_000)
     assert card.frame_shape == (2, 32, 32)
-    assert card.onnx is not None and card.onnx.inputs[0] == "frames" and card.onnx.outputs[:2] == ["out", "counts"]
+    assert (
+        card.onnx is not None
+        and card.onnx.inputs[0] == "frames"
+        and card.onnx.outputs[:2] == ["out", "counts"]
+    )
     assert card.verification is not None and card.verification.passed
     assert card.network_config == b.net.cfg
     assert {"torch", "onnx", "asasnn"} <= set(card.software)

@@ -7,14 +7,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from runtime_support import CLASSES, make_net
 from safetensors.torch import load_file, save_file
 
 import models.runtime.export as E
 from models.runtime.bundle import WEIGHTS_FILE, load_bundle
 from models.runtime.runner import make_session
 from training.cli import export as cli
-
-from runtime_support import CLASSES, make_net
 
 
 @pytest.mark.parametrize("fold_pool", (False, True))
@@ -37,7 +36,9 @@ def test_folding_keeps_the_function_and_the_original(bundles, frames_for, fold_p
     spikes = (torch.rand(3, 8, 32, 32) < 0.3).float()
     for i, inp in ((0, x[0]), (1, spikes)):
         with torch.no_grad():
-            torch.testing.assert_close(b.net.layers[i].synapse(inp), folded.layers[i].synapse(inp), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                b.net.layers[i].synapse(inp), folded.layers[i].synapse(inp), rtol=1e-5, atol=1e-5
+            )
 
 
 def test_step_graph_io_and_dynamic_batch(bundles, frames_for):
@@ -83,8 +84,15 @@ def test_verify_bundle_accepts_a_good_bundle_and_refuses_a_tampered_one(bundles,
     load_bundle(d)  # still a well-formed bundle ...
     bad = E.verify_bundle(d)  # ... whose graph no longer computes what its weights do
     assert not bad.passed and bad.spike_agreement < 0.999
-    args = argparse.Namespace(checkpoint=str(d), output=None, check=True, frames=None, events=None,
-                              min_agreement=0.9999, rate_tol=None)
+    args = argparse.Namespace(
+        checkpoint=str(d),
+        output=None,
+        check=True,
+        frames=None,
+        events=None,
+        min_agreement=0.9999,
+        rate_tol=None,
+    )
     assert cli.run(args) == 1
 
 
@@ -101,8 +109,18 @@ def test_export_refuses_a_disagreeing_graph(bundles, tmp_path, monkeypatch):
 
 
 def _args(**kw):
-    base = dict(output=None, check=False, name=None, version=None, hop=None, frames=None, events=None,
-                min_agreement=0.9999, rate_tol=None, force=False)
+    base = {
+        "output": None,
+        "check": False,
+        "name": None,
+        "version": None,
+        "hop": None,
+        "frames": None,
+        "events": None,
+        "min_agreement": 0.9999,
+        "rate_tol": None,
+        "force": False,
+    }
     return argparse.Namespace(**(base | kw))
 
 
@@ -111,8 +129,14 @@ def test_cli_exports_a_checkpoint(tmp_path, capsys):
     ck = {
         "config": net.cfg.to_dict(),
         "model": net.state_dict(),
-        "data": {"dataset": "synthetic", "classes": CLASSES, "sensor": [128, 128], "ds": 4, "dt_us": 20_000,
-                 "timesteps": 16},
+        "data": {
+            "dataset": "synthetic",
+            "classes": CLASSES,
+            "sensor": [128, 128],
+            "ds": 4,
+            "dt_us": 20_000,
+            "timesteps": 16,
+        },
         "metrics": {"accuracy": 0.5, "nasfr": 0.1, "data": "nothing, an untrained network"},
         "command": "asasnn train --preset tiny",
     }
@@ -120,7 +144,12 @@ def test_cli_exports_a_checkpoint(tmp_path, capsys):
     real = np.random.default_rng(0).poisson(0.5, size=(16, 2, 32, 32)).astype(np.float32)
     np.save(tmp_path / "frames.npy", real)
     out = tmp_path / "bundle"
-    assert cli.run(_args(checkpoint=str(tmp_path), output=str(out), name="demo", frames=str(tmp_path / "frames.npy"))) == 0
+    assert (
+        cli.run(
+            _args(checkpoint=str(tmp_path), output=str(out), name="demo", frames=str(tmp_path / "frames.npy"))
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "spike agreement" in text and "max output difference" in text
     b = load_bundle(out)
@@ -141,7 +170,9 @@ def test_cli_rejects_bad_checkpoints(tmp_path, capsys):
     assert "lacks ['config', 'data']" in capsys.readouterr().err
     net = make_net("tiny-none")
     data = {"classes": CLASSES, "sensor": {"width": 128, "height": 128}, "ds": 4, "dt_us": 1000}
-    torch.save({"config": net.cfg.to_dict(), "model": {"nope": torch.zeros(1)}, "data": data}, tmp_path / "w.pt")
+    torch.save(
+        {"config": net.cfg.to_dict(), "model": {"nope": torch.zeros(1)}, "data": data}, tmp_path / "w.pt"
+    )
     assert cli.run(_args(checkpoint=str(tmp_path / "w.pt"), output=str(tmp_path / "o"))) == 2
     assert "weights do not match the network config" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
