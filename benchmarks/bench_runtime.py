@@ -109,7 +109,11 @@ def _bundle(name: str, workdir: Path):
 
     if name == "default" and (DEFAULT_BUNDLE / "card.json").exists():
         b = load_bundle(DEFAULT_BUNDLE)
-        return f"default ({b.card.name}, {b.card.attention})", b
+        h, w = b.card.frame_shape[1:]
+        return (
+            f"bundled default ({b.card.config['name']}, {b.card.attention}, 2x{h}x{w}, T={b.card.timesteps})",
+            b,
+        )
     preset_name = "tiny" if name == "default" else name
     torch.manual_seed(0)
     cfg = preset(preset_name, 11, AttentionConfig(kind="causal-asa"))

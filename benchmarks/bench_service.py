@@ -14,6 +14,8 @@ Reported (the first ``--warmup`` seconds left out):
   ``asasnn_e2e_latency_seconds`` measures);
 * ``e2e client``: from the client sending the packet that completed the timestep to the client
   receiving the prediction (adds both socket hops and the client's own event loop);
+* ``queue``: ``latency_ms.queue``, from the packet's arrival to the start of the model call that ran
+  the timestep (binning, waiting for a batch and the worker thread);
 * ``step``: ``latency_ms.step``, the batched model call;
 * steps/s over the run and the mean batch size (``asasnn_batch_size`` from ``/metrics``).
 
@@ -187,6 +189,7 @@ class StreamResult:
     predictions: int = 0
     e2e_server_ms: list[float] = field(default_factory=list)
     e2e_client_ms: list[float] = field(default_factory=list)
+    queue_ms: list[float] = field(default_factory=list)
     step_ms: list[float] = field(default_factory=list)
     warnings: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
@@ -219,6 +222,8 @@ async def one_stream(
         res.e2e_client_ms.append((now - sent_at[i]) * 1e3)
         res.e2e_server_ms.append(msg["latency_ms"]["total"])
         res.step_ms.append(msg["latency_ms"]["step"])
+        if "queue" in msg["latency_ms"]:
+            res.queue_ms.append(msg["latency_ms"]["queue"])
 
     s = await StreamSession.connect(
         url, sensor=sensor, output={"top_k": 1, "layer_rates": False}, on_message=on_message, open_timeout=60
@@ -283,6 +288,7 @@ async def run_streams(url: str, args: argparse.Namespace) -> dict[str, Any]:
         merged.e2e_server_ms += r.e2e_server_ms
         merged.e2e_client_ms += r.e2e_client_ms
         merged.step_ms += r.step_ms
+        merged.queue_ms += r.queue_ms
         merged.errors += r.errors
         for k, v in r.warnings.items():
             merged.warnings[k] = merged.warnings.get(k, 0) + v
@@ -297,6 +303,7 @@ async def run_streams(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "mean_batch": steps / batches if batches else float("nan"),
         "e2e_server_ms": _pct(merged.e2e_server_ms),
         "e2e_client_ms": _pct(merged.e2e_client_ms),
+        "queue_ms": _pct(merged.queue_ms),
         "step_ms": _pct(merged.step_ms),
         "warnings": merged.warnings,
         "errors": merged.errors[:5],
@@ -315,6 +322,7 @@ def report(r: dict[str, Any]) -> str:
         f"  {r['steps']:.0f} steps, {r['steps_per_s']:.0f} steps/s, mean batch {r['mean_batch']:.2f}",
         row("e2e server", r["e2e_server_ms"]),
         row("e2e client", r["e2e_client_ms"]),
+        row("queue", r["queue_ms"]),
         row("step", r["step_ms"]),
     ]
     if r["warnings"] or r["errors"]:

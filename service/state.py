@@ -8,7 +8,6 @@ background; ``/readyz`` turns ready once the default model is loaded.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,11 +72,6 @@ class ServiceState:
             self.load_error = f"default model {default.name!r} failed to load: {default.error}"
             log.error(self.load_error)
             return
-        # Everything loaded so far (torch, the models: millions of objects) lives as long as the process;
-        # frozen, it is never traversed again by the cyclic garbage collector, whose full collections
-        # would otherwise pause the event loop for tens of milliseconds now and then.
-        gc.collect()
-        gc.freeze()
         self.ready = True
         log.info("serving models %s (default %s)", self.registry.names, self.registry.default_name)
 

@@ -97,13 +97,13 @@ def test_verify_bundle_accepts_a_good_bundle_and_refuses_a_tampered_one(bundles,
 
 
 def test_export_refuses_a_disagreeing_graph(bundles, tmp_path, monkeypatch):
-    net = bundles["tiny-none"].net
+    b = bundles["tiny-none"]
     other = make_net("tiny-none", seed=1)  # same architecture, other weights
-    real_export = E.export_onnx
-    monkeypatch.setattr(E, "export_onnx", lambda n, mode, **kw: real_export(other, mode, **kw))
+    graph = E.add_spike_outputs(b.onnx_path.read_bytes(), b.net.layer_names)  # b's weights inside
+    monkeypatch.setattr(E, "export_onnx", lambda n, mode, **kw: graph)
     out = tmp_path / "never"
     with pytest.raises(E.VerificationError, match="spike agreement") as err:
-        E.export_bundle(net, bundles["tiny-none"].card, out)
+        E.export_bundle(other, b.card, out)
     assert not err.value.report.passed
     assert not out.exists() and not list(tmp_path.iterdir())  # nothing written, no temp dir left
 
@@ -176,3 +176,14 @@ def test_cli_rejects_bad_checkpoints(tmp_path, capsys):
     assert cli.run(_args(checkpoint=str(tmp_path / "w.pt"), output=str(tmp_path / "o"))) == 2
     assert "weights do not match the network config" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("channels", (1, 6, 7, 64))
+def test_pooled_spatial_map_equals_the_spatial_map(channels):
+    from models.attention import SpatialMap
+
+    torch.manual_seed(0)
+    sm = SpatialMap()
+    z = torch.randn(2, channels, 5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(E.PooledSpatialMap(sm)(z, 0.5), sm(z, 0.5), rtol=1e-6, atol=1e-6)
