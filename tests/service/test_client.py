@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -129,31 +130,55 @@ def test_camera_source_wiring(monkeypatch, gesture, server, capsys):
     assert "events 20000" in out and "final label" in out and "step      0" in out
 
 
-def test_dv_network_source(gesture):
-    import dv_processing as dv
+# The dv-processing NetworkWriter runs in a child process: destroying a writer blocks while a client
+# is connected (and a reader blocks once its writer is gone), so the test ends the writer with a kill
+# instead of a destructor that could hang the test process.
+_DV_WRITER = """
+import sys, time
+import numpy as np
+import dv_processing as dv
+port, path = int(sys.argv[1]), sys.argv[2]
+part = np.load(path)
+writer = dv.io.NetworkWriter("127.0.0.1", port, dv.io.Stream.EventStream(0, "events", "TEST", (128, 128)))
+print("ready", flush=True)
+sys.stdin.readline()
+for chunk in np.array_split(part, 5):
+    store = dv.EventStore()
+    for t, x, y, p in chunk.tolist():
+        store.push_back(t, x, y, bool(p))
+    writer.writeEvents(store)
+print("written", flush=True)
+time.sleep(120)
+"""
 
+
+def test_dv_network_source(gesture, tmp_path):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    writer = dv.io.NetworkWriter("127.0.0.1", port, dv.io.Stream.EventStream(0, "events", "TEST", (128, 128)))
-    src = open_source(f"tcp://127.0.0.1:{port}")
-    assert src.sensor == SENSOR and src.live
     part = gesture[:5000]
-    for chunk in np.array_split(part, 5):
-        store = dv.EventStore()
-        for t, x, y, p in chunk.tolist():
-            store.push_back(t, x, y, bool(p))
-        writer.writeEvents(store)
-    got, deadline = [], time.monotonic() + 5
-    it = iter(src.packets)
-    while sum(g.size for g in got) < part.size and time.monotonic() < deadline:
-        got.append(next(it)[0])
-    assert np.array_equal(np.concatenate(got), part)
-    src.close()  # releases the reader; a dv NetworkWriter waits for its clients when destroyed
-    del it, src
-    gc.collect()
-    del writer
+    np.save(tmp_path / "part.npy", part)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DV_WRITER, str(port), str(tmp_path / "part.npy")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        src = open_source(f"tcp://127.0.0.1:{port}")
+        assert src.sensor == SENSOR and src.live
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "written"
+        got, deadline = [], time.monotonic() + 10
+        it = iter(src.packets)
+        while sum(g.size for g in got) < part.size and time.monotonic() < deadline:
+            got.append(next(it)[0])
+        assert np.array_equal(np.concatenate(got), part)
+        src.close()
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def test_stream_cli_synthetic_and_file(server, tmp_path, gesture, capsys):
