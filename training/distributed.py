@@ -61,7 +61,10 @@ def init_distributed(device_pref: str = "auto") -> tuple[DistInfo, torch.device]
 
 
 def cleanup() -> None:
+    """Leave the process group together: a rank that tears down gloo while its peer is still
+    writing a checkpoint can abort ("terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -154,16 +154,27 @@ class FrameBinner:
             return self._none()
         ev = events[first:]
         pix = self._pixels(ev)
-        f = self._acc.size
-        if (int(t[-1]) - t0) // cfg.dt_us == self._k_open:
+        f, dt = self._acc.size, cfg.dt_us
+        k_last = (int(t[-1]) - t0) // dt
+        if k_last == self._k_open:
             # The common live case, a packet shorter than a bin: it only adds to the open bin.
-            # np.add.at touches only the events' pixels; bincount would build a whole frame.
-            if ev.size * 4 < f:
-                np.add.at(self._acc, pix, 1)
-            else:
-                self._acc += np.bincount(pix, minlength=f)
-            self._acc_n += ev.size
+            self._accumulate(pix)
             return self._none()
+        end = t0 + (self._k_open + 1) * dt
+        if k_last == self._k_open + 1 and (self._acc_n or int(t[first]) < end):
+            # The other common live case: the packet completes the open bin (holding events, so no gap
+            # rule applies) and ends in the next one. Same result as below, a third of the work.
+            split = int(np.searchsorted(ev["t"], end, side="left"))
+            self._accumulate(pix[:split])
+            frame = (self._acc > 0 if cfg.mode == "binary" else self._acc).astype(np.float32)
+            ks = np.array([self._k_open], dtype=np.int64)
+            self._acc = np.zeros_like(self._acc)
+            self._acc_n = 0
+            self._accumulate(pix[split:])
+            self._k_open = k_last
+            self._gap_run = 0
+            self.bins_emitted += 1
+            return frame.reshape(1, *cfg.frame_shape), ks
         k = (ev["t"] - t0) // cfg.dt_us
         # Sorted bins: compact ids by counting changes, O(n) and no sort.
         change = k[1:] != k[:-1]
@@ -182,6 +193,15 @@ class FrameBinner:
         self._acc = counts[-1].copy()
         self._acc_n = ev.size - int(np.searchsorted(k, k[-1]))
         return done
+
+    def _accumulate(self, pix: np.ndarray) -> None:
+        """Count events (their flat pixels) into the open bin."""
+        # np.add.at touches only the events' pixels; bincount builds a whole frame.
+        if pix.size * 4 < self._acc.size:
+            np.add.at(self._acc, pix, 1)
+        else:
+            self._acc += np.bincount(pix, minlength=self._acc.size)
+        self._acc_n += pix.size
 
     def advance_to(self, t_us: int) -> np.ndarray:
         """Complete every bin ending at or before ``t_us``: the stream promises no earlier events.
