@@ -16,8 +16,13 @@ $(BIN)/asasnn: pyproject.toml
 
 install: $(BIN)/asasnn
 
+# The server with the bundled models, plus a live synthetic DVS camera streaming into it so the
+# console shows predictions (Ctrl-C stops both). `asasnn serve` alone runs just the server.
 serve: install
-	$(BIN)/asasnn serve
+	@$(BIN)/asasnn serve & server=$$!; \
+	trap 'kill $$server 2>/dev/null; wait $$server 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/python -m service.client.wait http://127.0.0.1:8000/readyz 120 && \
+	$(BIN)/asasnn stream synthetic --url ws://127.0.0.1:8000/ws/infer --every 5
 
 test: install
 	$(BIN)/python -m pytest -q
