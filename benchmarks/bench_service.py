@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 BUNDLED = REPO / "models" / "bundled"
 
@@ -196,7 +196,12 @@ class StreamResult:
 
 
 async def one_stream(
-    url: str, packets: Iterator[np.ndarray], sensor: tuple[int, int], speed: float, t_stop: float, t_keep: float
+    url: str,
+    packets: Iterator[np.ndarray],
+    sensor: tuple[int, int],
+    speed: float,
+    t_stop: float,
+    t_keep: float,
 ) -> StreamResult:
     from service.client.api import ServiceError, StreamSession
     from service.client.sources import Pacer
@@ -274,7 +279,9 @@ async def run_streams(url: str, args: argparse.Namespace) -> dict[str, Any]:
     step = max(1, len(packets) // max(args.streams, 1))
     results = await asyncio.gather(
         *(
-            one_stream(url, replay(packets, period, (i * step) % len(packets)), sensor, args.speed, t_stop, t_keep)
+            one_stream(
+                url, replay(packets, period, (i * step) % len(packets)), sensor, args.speed, t_stop, t_keep
+            )
             for i in range(args.streams)
         )
     )
@@ -317,8 +324,10 @@ def report(r: dict[str, Any]) -> str:
         return f"  {name:<11} p50 {d['p50']:8.2f}  p90 {d['p90']:8.2f}  p99 {d['p99']:8.2f}  max {d['max']:8.2f} ms"
 
     lines = [
-        f"{r['model']}: {r['streams']} streams at {r['speed']:g}x real time "
-        f"({r['offered_steps_per_s']:.0f} steps/s offered), {r['wall_s']:.1f} s",
+        (
+            f"{r['model']}: {r['streams']} streams at {r['speed']:g}x real time "
+            f"({r['offered_steps_per_s']:.0f} steps/s offered), {r['wall_s']:.1f} s"
+        ),
         f"  {r['steps']:.0f} steps, {r['steps_per_s']:.0f} steps/s, mean batch {r['mean_batch']:.2f}",
         row("e2e server", r["e2e_server_ms"]),
         row("e2e client", r["e2e_client_ms"]),

@@ -36,9 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-sessions", type=int, help="concurrent WebSocket sessions (default 64)")
     p.add_argument("--max-batch", type=int, help="most streams per model call (default 64)")
-    p.add_argument(
-        "--step-threads", type=int, help="threads of one model call (default: all cores but one)"
-    )
+    p.add_argument("--step-threads", type=int, help="threads of one model call (default: all cores but one)")
     p.add_argument("--max-packet-bytes", type=int, help="largest binary event packet (default 4 MiB)")
     p.add_argument("--max-events-per-second", type=float, help="per-session event rate limit (default 5e6)")
     p.add_argument(
@@ -52,6 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-upload-bytes", type=int, help="largest recording for POST /v1/classify (default 64 MiB)"
+    )
+    p.add_argument(
+        "--drain-timeout",
+        dest="drain_timeout_s",
+        type=float,
+        help="on SIGTERM, seconds open streams may go on before they are closed with 1012 (default 30)",
     )
     p.add_argument(
         "--environment", choices=["development", "production"], help="production requires API keys"
@@ -76,6 +80,7 @@ _FIELDS = (
     "max_queue_steps",
     "backpressure",
     "max_upload_bytes",
+    "drain_timeout_s",
     "environment",
     "log_level",
 )
@@ -98,17 +103,21 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.main import create_app
+    from service.server import DrainingServer
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         ws_max_size=settings.ws_max_size,
         ws_per_message_deflate=False,
+        timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
     )
-    return 0
+    server = DrainingServer(config, app.state.service)
+    server.run()
+    return 0 if server.started else 3

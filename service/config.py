@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     max_outbox: int = Field(256, ge=1)  # messages waiting to be sent per session
     backpressure: Literal["block", "drop"] = "block"
     max_gap_steps: int = Field(32, ge=0)  # empty timesteps emitted per silence (binner gap cap)
+    # SIGTERM: the longest wait for open streams to end before they are closed with 1012 (keep it well
+    # under the orchestrator's grace period: Kubernetes' terminationGracePeriodSeconds is 120 here)
+    drain_timeout_s: float = Field(30.0, ge=0, le=3600)
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1)  # per recording, POST /v1/classify
     max_batch_files: int = Field(16, ge=1)
     max_recording_steps: int = Field(200_000, ge=1)

@@ -26,6 +26,7 @@ from service.schemas import CLIENT_TYPES, PROTOCOL_VERSION, ControlMessage, Star
 
 # close codes (RFC 6455 leaves 4000-4999 to applications; ours mirror HTTP statuses)
 CLOSE_NORMAL = 1000
+CLOSE_RESTART = 1012  # RFC 6455 "service restart": the replica is draining; reconnect
 CLOSE_BAD_START = 4400
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_UNKNOWN_MODEL = 4404

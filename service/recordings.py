@@ -2,10 +2,12 @@
 
 Formats, recognised by their first bytes first and the file name second:
 
-* AEDAT4 (``#!AER-DAT4.0``), read by dv-processing through :func:`models.events.read_events`;
-* numpy ``.npy`` (``\\x93NUMPY``) and ``.npz`` (a zip archive), same reader;
+* AEDAT4 (``#!AER-DAT4.0``), read by dv-processing;
+* numpy ``.npy`` (``\\x93NUMPY``) and ``.npz`` (a zip archive);
 * the wire format: the binary WebSocket packets' 13-byte records back to back (``.evt`` / ``.bin``,
-  or ``format=wire``).
+  or ``format=wire``);
+
+all decoded from memory by :func:`models.events.readers.read_events_bytes`.
 
 Classification runs a :class:`~service.session.Session` without a socket, through the engine and the
 same scheduler as live streams: the same binner, the same step runner, the same readout, so the
@@ -15,15 +17,13 @@ result equals what streaming the events gives.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import numpy as np
 
 from models.events.binner import BinnerConfig
-from models.events.readers import read_events
-from models.events.types import EVENT_BYTES, EVENT_DTYPE, EventError, SensorSize
+from models.events.readers import read_events_bytes
+from models.events.types import EventError, SensorSize
 from service.engine import Engine, ModelWorker
 from service.session import Session, SessionConfig
 
@@ -69,53 +69,15 @@ def sniff_format(head: bytes, filename: str | None, declared: str | None = None)
 
 
 def decode_recording(
-    path: str, filename: str | None, declared: str | None = None
+    data: bytes, filename: str | None, declared: str | None = None
 ) -> tuple[np.ndarray, SensorSize | None]:
-    """Events (and the sensor size when the file holds one) of an uploaded file at ``path``."""
-    with open(path, "rb") as f:
-        head = f.read(16)
-    fmt = sniff_format(head, filename, declared)
-    name = filename or "upload"
-    if fmt == "wire":
-        size = os.path.getsize(path)
-        if size % EVENT_BYTES:
-            raise RecordingError(
-                "misaligned_packet",
-                f"{name}: {size} bytes is not a whole number of {EVENT_BYTES}-byte event records "
-                f"({size // EVENT_BYTES} records + {size % EVENT_BYTES} stray bytes)",
-            )
-        return np.fromfile(path, dtype=EVENT_DTYPE), None
-    if fmt == "aedat4":
-        _check_aedat4_header(path, name)
-    # The readers pick the decoder by suffix: give the temp file the detected one.
-    suffix = "." + fmt
-    if path.endswith(suffix):
-        return _read(path, name)
-    fd, tmp = tempfile.mkstemp(suffix=suffix)
-    os.close(fd)
+    """Events (and the sensor size when the recording holds one) of an uploaded recording."""
+    fmt = sniff_format(data[:16], filename, declared)
+    suffix = ".evt" if fmt == "wire" else "." + fmt
     try:
-        shutil.copyfile(path, tmp)
-        return _read(tmp, name)
-    finally:
-        os.unlink(tmp)
-
-
-def _check_aedat4_header(path: str, name: str) -> None:
-    """Refuse a file whose AEDAT4 header is cut short before dv-processing sees it: its error path
-    builds a C++ stack trace, which takes seconds (``#!AER-DAT4.0\\r\\n``, int32 size, ``IOHE``...)."""
-    with open(path, "rb") as f:
-        head = f.read(26)
-    size = int.from_bytes(head[14:18], "little", signed=True) if len(head) >= 18 else -1
-    if len(head) < 26 or head[22:26] != b"IOHE" or size <= 0 or os.path.getsize(path) < 18 + size:
-        raise RecordingError("bad_file", f"{name}: not a readable AEDAT4 file (header missing or cut short)")
-
-
-def _read(path: str, name: str) -> tuple[np.ndarray, SensorSize | None]:
-    try:
-        return read_events(path)
+        return read_events_bytes(data, suffix, filename or "upload")
     except EventError as e:
-        # the reader names the temp file; name the upload instead
-        raise RecordingError(e.code, str(e).replace(path, name)) from None
+        raise RecordingError(e.code, str(e)) from None
 
 
 def count_steps(events: np.ndarray, cfg: BinnerConfig, t_start: int | None = None) -> int:

@@ -241,7 +241,9 @@ class Session:
         sched = self.worker.scheduler
         for frame, t_start in zip(frames, starts.tolist()):
             await self._wait_room()
-            sched.enqueue(StepRequest(self.id, sched.epoch(self.id), self.next_index, t_start, frame, arrived_at))
+            sched.enqueue(
+                StepRequest(self.id, sched.epoch(self.id), self.next_index, t_start, frame, arrived_at)
+            )
             self.next_index += 1
             self._drained.clear()
             self.engine.notify()
@@ -330,8 +332,13 @@ class Session:
             self._drained.set()
 
     def on_failure(self, code: str, message: str) -> None:
-        self.failed = ProtocolError(code, message, fatal=True)
-        self.emit(self.failed.to_message())
+        self.end(ProtocolError(code, message, fatal=True))
+
+    def end(self, error: ProtocolError) -> None:
+        """End the session from the server side: ``error`` goes to the client (whose socket is then
+        closed) and every wait of the session raises it."""
+        self.failed = error
+        self.emit(error.to_message())
         self.abort()
 
     def abort(self) -> None:
@@ -358,7 +365,9 @@ class Session:
         if self.stream:
             child = self._m_predictions.get(pred.label)
             if child is None:
-                child = self._m_predictions[pred.label] = self.metrics.predictions.labels(self.model, self.classes[pred.label])
+                child = self._m_predictions[pred.label] = self.metrics.predictions.labels(
+                    self.model, self.classes[pred.label]
+                )
             child.inc()
             w = self.worker
             neurons = np.asarray(w.neurons, dtype=np.float64)

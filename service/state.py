@@ -8,6 +8,7 @@ background; ``/readyz`` turns ready once the default model is loaded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ from service.protocol import ProtocolError
 from service.registry import ModelEntry, ModelRegistry
 from service.scheduler import Scheduler
 from service.schemas import ModelSummary, OutputOptions, ReadoutOptions, SensorSpec
-from service.session import SessionConfig, SessionLimits
+from service.session import Session, SessionConfig, SessionLimits
 from service.telemetry import Metrics
 
 log = logging.getLogger("asasnn.service")
@@ -36,7 +37,13 @@ class ServiceState:
     load_error: str | None = None
     connections: int = 0
     loader: Any = None  # models.runtime.load_runner unless a test injects another
+    draining: bool = False  # SIGTERM: no new streams, open ones finish or are closed with 1012
+    streams: set[Session] = field(default_factory=set)  # open WebSocket sessions
     _load_task: asyncio.Task[None] | None = None
+    _no_streams: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self._no_streams.set()
 
     async def start(self) -> None:
         s = self.settings
@@ -66,6 +73,7 @@ class ServiceState:
                 runner_device(r),
                 tuple(r.layer_names),
                 tuple(int(n) for n in r.energy.neurons),
+                timestep_s=int(r.card.dt_us) / 1e6,
             )
         default = self.registry.get(None)
         if default.runner is None:
@@ -74,6 +82,51 @@ class ServiceState:
             return
         self.ready = True
         log.info("serving models %s (default %s)", self.registry.names, self.registry.default_name)
+
+    # ---- streams and the drain ---------------------------------------------------------------------
+    def add_stream(self, session: Session) -> None:
+        self.streams.add(session)
+        self._no_streams.clear()
+
+    def remove_stream(self, session: Session) -> None:
+        self.streams.discard(session)
+        if not self.streams:
+            self._no_streams.set()
+
+    async def drain(self, timeout_s: float, close_wait_s: float = 5.0) -> None:
+        """Refuse new streams, warn the open ones, give them ``timeout_s`` to end by themselves, then
+        end the rest (error ``draining``, close code 1012) and wait up to ``close_wait_s`` for them to
+        close. See :mod:`service.server`."""
+        if self.draining:
+            return
+        self.draining = True
+        log.warning(
+            "draining: %d open stream(s), closing them in %.0f s at the latest", len(self.streams), timeout_s
+        )
+        for s in list(self.streams):
+            s.emit(
+                {
+                    "type": "warning",
+                    "code": "draining",
+                    "message": f"this server is shutting down: the session is closed (1012) in {timeout_s:.0f} s at "
+                    "the latest; reconnect to continue (the new session starts from rest)",
+                    "timeout_s": timeout_s,
+                }
+            )
+        if self.streams:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._no_streams.wait(), timeout_s)
+        if self.streams:
+            log.warning("draining: closing %d stream(s) with 1012", len(self.streams))
+            for s in list(self.streams):
+                s.end(
+                    ProtocolError(
+                        "draining", "this server is shutting down; reconnect to continue", fatal=True
+                    )
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._no_streams.wait(), close_wait_s)
+        log.warning("drained")
 
     async def stop(self) -> None:
         if self._load_task is not None and not self._load_task.done():

@@ -27,6 +27,12 @@ class Metrics:
         self.model_info = Gauge(
             "asasnn_model_info", "Served model (value 1)", [*m, "version", "backend", "device"], registry=r
         )
+        self.model_timestep = Gauge(
+            "asasnn_model_timestep_seconds",
+            "Timestep of a served model (its card's dt_us): one model call per stream per timestep",
+            m,
+            registry=r,
+        )
         self.layer_neurons = Gauge(
             "asasnn_layer_neurons", "Neurons per spiking layer", [*m, "layer"], registry=r
         )
@@ -149,8 +155,11 @@ class Metrics:
         device: str,
         layers: tuple[str, ...],
         neurons: tuple[int, ...],
+        timestep_s: float | None = None,
     ) -> None:
         self.model_info.labels(name, version, backend, device).set(1)
+        if timestep_s is not None:
+            self.model_timestep.labels(name).set(timestep_s)
         for layer, n in zip(layers, neurons):
             self.layer_neurons.labels(name, layer).set(n)
             self.layer_rate.labels(name, layer).set(0)

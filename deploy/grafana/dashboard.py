@@ -274,16 +274,20 @@ def build() -> dict[str, Any]:
         panel(
             "timeseries",
             "Step latency (one batched model call)",
-            quantiles("asasnn_step_latency_seconds"),
+            [
+                *quantiles("asasnn_step_latency_seconds"),
+                target(f"max by (model) (asasnn_model_timestep_seconds{{{SEL}}})", "timestep {{model}}", "D"),
+            ],
             (0, y, 12, 8),
             "s",
-            "Must stay below the timestep (15 ms for the bundled model) to keep up with real time.",
+            "Must stay below the model's timestep (the timestep series, asasnn_model_timestep_seconds) to keep "
+            "up with real time; AsasnnStepLatencyOverTimestep fires when p99 does not.",
         )
     )
     P.append(
         panel(
             "timeseries",
-            "End-to-end latency (timestep complete -> prediction sent)",
+            "End-to-end latency (packet completing a timestep arrives -> prediction sent)",
             quantiles("asasnn_e2e_latency_seconds"),
             (12, y, 12, 8),
             "s",

@@ -1,4 +1,13 @@
-"""Event files in and out: AEDAT4 (through dv-processing) and numpy ``.npy`` / ``.npz``.
+"""Event files in and out: AEDAT4 (through dv-processing), numpy ``.npy`` / ``.npz`` and the wire
+format (``.evt`` / ``.bin`` / ``.events``: 13-byte :data:`EVENT_DTYPE` records back to back, the
+binary packets of ``WS /ws/infer``).
+
+:func:`read_events` reads a file, :func:`read_events_bytes` the same formats from memory (an upload):
+numpy and wire records are decoded in memory; AEDAT4 goes through a temporary file, because
+dv-processing opens only paths ending in ``.aedat4``. Before dv-processing sees an AEDAT4 file its
+header is checked (``#!AER-DAT4.0\r\n``, the header size, an ``IOHE`` header that fits the file): a
+file that is no AEDAT4 at all is refused at once, where dv-processing takes seconds to build the C++
+stack trace of its error.
 
 Every reader returns events in :data:`EVENT_DTYPE`, checked by :func:`validate_events` (sorted,
 polarity 0/1, inside the sensor), so what comes out can go straight into a :class:`FrameBinner`.
@@ -18,16 +27,19 @@ Pickled objects are refused (``allow_pickle=False``): these files may come from 
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import dv_processing as dv
 import numpy as np
 
-from models.events.types import EVENT_DTYPE, EventError, SensorSize, make_events, validate_events
+from models.events.types import EVENT_BYTES, EVENT_DTYPE, EventError, SensorSize, make_events, validate_events
 
 PathLike = str | os.PathLike[str]
 
@@ -44,19 +56,71 @@ def read_events(path: PathLike) -> tuple[np.ndarray, SensorSize | None]:
     p = Path(path)
     if not p.is_file():
         raise EventError("not_found", f"{p}: no such file")
-    reader = _READERS.get(p.suffix.lower())
-    if reader is None:
-        known = " ".join(sorted(_READERS))
-        raise EventError("unknown_format", f"{p}: unknown event file suffix {p.suffix!r} (known: {known})")
-    if reader is _read_aedat4 and p.suffix != ".aedat4":
+    suffix = _suffix(p.suffix, str(p))
+    if suffix == ".aedat4" and p.suffix != ".aedat4":
         raise EventError("unknown_format", f"{p}: dv-processing only opens names ending in '.aedat4'")
-    events, sensor = reader(p)
+    if suffix == ".aedat4":
+        with open(p, "rb") as f:
+            _check_aedat4_header(f.read(_AEDAT4_HEAD), p.stat().st_size, str(p))
+        events, sensor = _read_aedat4(p, str(p))
+    else:
+        events, sensor = _READERS[suffix](p, str(p))
+    return _checked(events, sensor, str(p))
+
+
+def read_events_bytes(
+    data: bytes, suffix: str, name: str = "<bytes>"
+) -> tuple[np.ndarray, SensorSize | None]:
+    """:func:`read_events` for a recording in memory: ``suffix`` names the format (``.aedat4``,
+    ``.npy``, ``.npz``, ``.evt``/``.bin``/``.events``), ``name`` starts every error message.
+
+    Only AEDAT4 touches the disk (a temporary file, deleted before returning).
+    """
+    suffix = _suffix(suffix, name)
+    if suffix != ".aedat4":
+        events, sensor = _READERS[suffix](io.BytesIO(data), name)
+        return _checked(events, sensor, name)
+    _check_aedat4_header(data[:_AEDAT4_HEAD], len(data), name)
+    with tempfile.TemporaryDirectory(prefix="asasnn-aedat4-") as tmp:
+        path = Path(tmp) / "recording.aedat4"
+        path.write_bytes(data)
+        events, sensor = _read_aedat4(path, name)
+    return _checked(events, sensor, name)
+
+
+def _suffix(suffix: str, name: str) -> str:
+    s = suffix.lower()
+    if s not in _READERS and s != ".aedat4":
+        known = " ".join(sorted([*_READERS, ".aedat4"]))
+        raise EventError("unknown_format", f"{name}: unknown event file suffix {suffix!r} (known: {known})")
+    return s
+
+
+def _checked(
+    events: np.ndarray, sensor: SensorSize | None, name: str
+) -> tuple[np.ndarray, SensorSize | None]:
     try:
         # Without a sensor size only order and polarity can be checked: x, y fit by construction.
         validate_events(events, sensor or _bounding_sensor(events))
     except EventError as e:
-        raise EventError(e.code, f"{p}: {e}") from None
+        raise EventError(e.code, f"{name}: {e}") from None
     return events, sensor
+
+
+# "#!AER-DAT4.0\r\n" (14 bytes), int32 size of the header that follows, then its FlatBuffers table,
+# whose identifier "IOHE" sits at bytes 22..25 of the file.
+_AEDAT4_MAGIC = b"#!AER-DAT4"
+_AEDAT4_HEAD = 26
+
+
+def _check_aedat4_header(head: bytes, size: int, name: str) -> None:
+    """Refuse what cannot be an AEDAT4 file before dv-processing sees it: its error path builds a C++
+    stack trace, which takes seconds."""
+    n = int.from_bytes(head[14:18], "little", signed=True) if len(head) >= 18 else -1
+    if not head.startswith(_AEDAT4_MAGIC) or len(head) < _AEDAT4_HEAD or head[22:26] != b"IOHE" or n <= 0:
+        raise EventError("bad_file", f"{name}: not an AEDAT4 file (no AEDAT4 header)")
+    if size < 18 + n:
+        raise EventError("bad_file", f"{name}: not a readable AEDAT4 file (header cut short)")
 
 
 def write_aedat4(
@@ -106,66 +170,81 @@ def write_numpy(path: PathLike, events: np.ndarray, sensor: SensorSize | None = 
             np.savez(f, events=events, sensor=np.array([sensor.width, sensor.height], dtype=np.int64))
 
 
-def _read_aedat4(p: Path) -> tuple[np.ndarray, SensorSize | None]:
+def _read_aedat4(p: Path, name: str) -> tuple[np.ndarray, SensorSize | None]:
     try:
         rec = dv.io.MonoCameraRecording(str(p))
         if not rec.isEventStreamAvailable():
             streams = ", ".join(rec.getStreamNames())
-            raise EventError("bad_file", f"{p}: AEDAT4 file has no event stream (streams: {streams})")
+            raise EventError("bad_file", f"{name}: AEDAT4 file has no event stream (streams: {streams})")
         resolution = rec.getEventResolution()
         batches = []
         while (batch := rec.getNextEventBatch()) is not None:
             batches.append(batch.numpy())
     except RuntimeError as e:
-        raise EventError("bad_file", f"{p}: not a readable AEDAT4 file ({_dv_reason(e)})") from None
+        raise EventError("bad_file", f"{name}: not a readable AEDAT4 file ({_dv_reason(e)})") from None
     sensor = SensorSize(*resolution) if resolution is not None else None
     if not batches:
         return np.zeros(0, EVENT_DTYPE), sensor
     raw = np.concatenate(batches)
-    return _from_columns(p, raw["timestamp"], raw["x"], raw["y"], raw["polarity"]), sensor
+    return _from_columns(name, raw["timestamp"], raw["x"], raw["y"], raw["polarity"]), sensor
 
 
-def _read_npy(p: Path) -> tuple[np.ndarray, SensorSize | None]:
-    arr = _np_load(p)
+Source = Path | IO[bytes]
+
+
+def _read_npy(src: Source, name: str) -> tuple[np.ndarray, SensorSize | None]:
+    arr = _np_load(src, name, ".npy")
     if not isinstance(arr, np.ndarray):
         arr.close()
-        raise EventError("bad_file", f"{p}: holds an .npz archive, not a .npy array")
-    return _from_array(p, arr), None
+        raise EventError("bad_file", f"{name}: holds an .npz archive, not a .npy array")
+    return _from_array(name, arr), None
 
 
-def _read_npz(p: Path) -> tuple[np.ndarray, SensorSize | None]:
-    arr = _np_load(p)
+def _read_npz(src: Source, name: str) -> tuple[np.ndarray, SensorSize | None]:
+    arr = _np_load(src, name, ".npz")
     if isinstance(arr, np.ndarray):
-        raise EventError("bad_file", f"{p}: holds a single .npy array, not an .npz archive")
+        raise EventError("bad_file", f"{name}: holds a single .npy array, not an .npz archive")
     with arr as z:
         keys = set(z.files)
         if "events" in keys:
-            events = _from_array(p, _npz_entry(p, z, "events"))
+            events = _from_array(name, _npz_entry(name, z, "events"))
         elif keys.issuperset(_FIELDS):
-            events = _from_columns(p, *(_npz_entry(p, z, k) for k in _FIELDS))
+            events = _from_columns(name, *(_npz_entry(name, z, k) for k in _FIELDS))
         else:
             found = ", ".join(sorted(keys))
-            raise EventError("bad_file", f"{p}: .npz needs key 'events' or keys t, x, y, p; found {found}")
-        sensor = _sensor(p, _npz_entry(p, z, "sensor")) if "sensor" in keys else None
+            raise EventError("bad_file", f"{name}: .npz needs key 'events' or keys t, x, y, p; found {found}")
+        sensor = _sensor(name, _npz_entry(name, z, "sensor")) if "sensor" in keys else None
     return events, sensor
 
 
-def _npz_entry(p: Path, z: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
+def _read_wire(src: Source, name: str) -> tuple[np.ndarray, SensorSize | None]:
+    data = src.read_bytes() if isinstance(src, Path) else src.read()
+    whole, rest = divmod(len(data), EVENT_BYTES)
+    if rest:
+        raise EventError(
+            "misaligned_packet",
+            f"{name}: {len(data)} bytes is not a whole number of {EVENT_BYTES}-byte event records "
+            f"({whole} records + {rest} stray bytes)",
+        )
+    return np.frombuffer(data, dtype=EVENT_DTYPE).copy(), None
+
+
+def _npz_entry(name: str, z: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
     # Entries are read lazily, so a damaged or pickled entry only fails here.
     try:
         return z[key]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise EventError("bad_file", f"{p}: unreadable .npz entry {key!r} ({e})") from None
+        raise EventError("bad_file", f"{name}: unreadable .npz entry {key!r} ({e})") from None
 
 
-def _np_load(p: Path) -> np.ndarray | np.lib.npyio.NpzFile:
+def _np_load(src: Source, name: str, suffix: str) -> np.ndarray | np.lib.npyio.NpzFile:
     try:
-        return np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise EventError("bad_file", f"{p}: not a numpy {p.suffix} file ({e})") from None
+        return np.load(src, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise EventError("bad_file", f"{name}: not a numpy {suffix} file ({e})") from None
 
 
-def _from_array(p: Path, arr: np.ndarray) -> np.ndarray:
+def _from_array(p: str, arr: np.ndarray) -> np.ndarray:
     if arr.dtype == EVENT_DTYPE and arr.ndim == 1:
         return arr
     if arr.dtype.names is not None:
@@ -179,7 +258,7 @@ def _from_array(p: Path, arr: np.ndarray) -> np.ndarray:
     return _from_columns(p, *arr.T)
 
 
-def _from_columns(p: Path, *cols: np.ndarray) -> np.ndarray:
+def _from_columns(p: str, *cols: np.ndarray) -> np.ndarray:
     """Check kinds and ranges of ``t, x, y, p`` and build an EVENT_DTYPE array."""
     n = cols[0].shape
     for name, c in zip(_FIELDS, cols):
@@ -196,7 +275,7 @@ def _from_columns(p: Path, *cols: np.ndarray) -> np.ndarray:
     return make_events(*cols)
 
 
-def _sensor(p: Path, value: np.ndarray) -> SensorSize:
+def _sensor(p: str, value: np.ndarray) -> SensorSize:
     if value.shape != (2,) or value.dtype.kind not in "iu":
         raise EventError("bad_file", f"{p}: 'sensor' must be [width, height] integers, got {value!r}")
     try:
@@ -221,8 +300,11 @@ def _dv_reason(e: Exception) -> str:
     return reason or type(e).__name__
 
 
-_READERS: dict[str, Callable[[Path], tuple[np.ndarray, SensorSize | None]]] = {
-    ".aedat4": _read_aedat4,
+# Readers of the formats that need no file on disk (AEDAT4 is read from a path, see read_events).
+_READERS: dict[str, Callable[[Source, str], tuple[np.ndarray, SensorSize | None]]] = {
     ".npy": _read_npy,
     ".npz": _read_npz,
+    ".evt": _read_wire,
+    ".bin": _read_wire,
+    ".events": _read_wire,
 }

@@ -1,6 +1,7 @@
 """Client side of the service: a Python API (``service.client.api``), event sources and ``asasnn stream``."""
 
 from service.client.api import (
+    Reconnect,
     ServiceError,
     StreamSession,
     classify,
@@ -11,6 +12,7 @@ from service.client.api import (
 from service.client.sources import Source, open_source
 
 __all__ = [
+    "Reconnect",
     "ServiceError",
     "Source",
     "StreamSession",

@@ -8,6 +8,10 @@ Async::
         end = await s.stop()          # flushes, waits for every prediction, returns the summary
         print(s.predictions[-1]["label"], end["label"])
 
+A session may outlive the server's: ``StreamSession.connect(url, reconnect=Reconnect())`` reconnects
+when the server drains or restarts (close code 1012 and the like) and carries on from the next packet
+in a new session, which starts from rest (see :class:`Reconnect`).
+
 Sync: :func:`stream_events` (a whole recording, optional pacing) and :func:`classify` /
 :func:`classify_batch` (``POST /v1/classify``).
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +31,7 @@ from urllib.parse import urlparse, urlunparse
 import httpx
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from service.protocol import encode_packet
 
@@ -59,10 +64,77 @@ def ws_url(url: str) -> str:
     return urlunparse((scheme, u.netloc, "/ws/infer", "", "", ""))
 
 
+RETRY_CODES = frozenset(
+    {1001, 1006, 1011, 1012, 4500, 4503}
+)  # going away, lost, server error, drain, not ready
+BUSY_CODES = frozenset({4429})  # replica full: retry, but later
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """When and how a :class:`StreamSession` reconnects after the server ended its session
+    (docs/deploy.md, "What a client does on reconnect").
+
+    On a close code in ``retry_codes`` (1012 drain, 1001 going away, 1006 connection lost, 1011 / 4500
+    server error, 4503 not ready) or ``busy_codes`` (4429 replica full, waited at least ``busy_delay_s``),
+    and on a connection that cannot be opened, the session waits (exponential backoff with jitter:
+    ``initial_delay_s`` doubling up to ``max_delay_s``, each delay stretched by up to ``jitter``), opens a
+    new connection to the same URL, sends the same ``start`` and carries on with the next packet. Any
+    other close code (4400 bad start, 4401 API key, 4404 unknown model, 4408 idle, 1000 after ``stop``)
+    ends the session as without a policy; so do ``max_attempts`` failed attempts in a row.
+
+    The new session is a new session of the server: **its state starts from rest** (membranes, attention
+    statistics, readout; nothing is migrated), its step indices count from 0 again, and events sent
+    after the old session's last prediction and before the new ``ready`` are lost.
+    """
+
+    max_attempts: int | None = 10  # failed attempts in a row before giving up; None: never give up
+    initial_delay_s: float = 0.2
+    max_delay_s: float = 10.0
+    jitter: float = 0.5
+    busy_delay_s: float = 5.0
+    retry_codes: frozenset[int] = RETRY_CODES
+    busy_codes: frozenset[int] = BUSY_CODES
+
+    def retries(self, close_code: int | None) -> bool:
+        """Whether a session closed with ``close_code`` (None: could not connect) is retried."""
+        return close_code is None or close_code in self.retry_codes or close_code in self.busy_codes
+
+    def delay(self, attempt: int, close_code: int | None = None) -> float:
+        """Seconds to wait before attempt ``attempt`` (1, 2, ...)."""
+        d = min(self.max_delay_s, self.initial_delay_s * 2 ** (attempt - 1))
+        d *= 1 + self.jitter * random.random()
+        if close_code in self.busy_codes:
+            d = max(d, self.busy_delay_s)
+        return d
+
+
+async def _open_session(
+    url: str, start: Message, headers: dict[str, str] | None, open_timeout: float
+) -> tuple[ClientConnection, Message]:
+    """Connect, send ``start``, wait for ``ready``; :class:`ServiceError` on refusal."""
+    ws = await connect(ws_url(url), additional_headers=headers, open_timeout=open_timeout, max_size=2**24)
+    with contextlib.suppress(ConnectionClosed):  # a refusal (say, a bad key) may close first
+        await ws.send(json.dumps(start))
+    try:
+        first = json.loads(await asyncio.wait_for(ws.recv(), open_timeout))
+    except (ConnectionClosed, TimeoutError, json.JSONDecodeError) as e:
+        code = ws.close_code
+        await ws.close()
+        raise ServiceError("closed", f"no ready message ({e})", code) from None
+    if first.get("type") != "ready":
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ws.wait_closed(), open_timeout)
+        raise ServiceError(first.get("code", "unexpected"), first.get("message", str(first)), ws.close_code)
+    return ws, first
+
+
 @dataclass
 class StreamSession:
     """An open session. A reader task files every server message into ``messages`` and the typed
-    lists; ``on_message`` (if set) sees each one as it arrives."""
+    lists; ``on_message`` (if set) sees each one as it arrives. With a :class:`Reconnect` policy the
+    session outlives the server's: see there. Each reconnection adds a client-side message
+    ``{"type": "reconnected", "session": NEW_ID, "close_code": OLD_CODE, "attempts": N}``."""
 
     ws: ClientConnection
     ready: Message
@@ -73,8 +145,17 @@ class StreamSession:
     errors: list[Message] = field(default_factory=list)
     end: Message | None = None
     close_code: int | None = None
+    reconnect: Reconnect | None = None
+    reconnects: int = 0
+    errors_recovered: int = 0  # the first this many ``errors`` were followed by a successful reconnection
+    url: str = ""
+    _start: Message = field(default_factory=dict)
+    _headers: dict[str, str] | None = None
+    _open_timeout: float = 10.0
     _queue: asyncio.Queue[Message | None] = field(default_factory=asyncio.Queue)
     _reader: asyncio.Task[None] | None = None
+    _connected: asyncio.Event = field(default_factory=asyncio.Event)
+    _closing: bool = False  # stop() or close() called: a close is the end, never retried
 
     @classmethod
     async def connect(
@@ -91,10 +172,11 @@ class StreamSession:
         api_key: str | None = None,
         on_message: Callable[[Message], None] | None = None,
         open_timeout: float = 10.0,
+        reconnect: Reconnect | None = None,
     ) -> StreamSession:
-        """Connect, send ``start``, wait for ``ready`` (raises :class:`ServiceError` on refusal)."""
+        """Connect, send ``start``, wait for ``ready`` (raises :class:`ServiceError` on refusal; the
+        first connection is not retried, whatever ``reconnect`` says)."""
         headers = {"X-API-Key": api_key} if api_key else None
-        ws = await connect(ws_url(url), additional_headers=headers, open_timeout=open_timeout, max_size=2**24)
         start: Message = {"type": "start", "version": 1}
         for k, v in (
             ("model", model),
@@ -108,20 +190,10 @@ class StreamSession:
                 start[k] = v
         if sensor is not None:
             start["sensor"] = {"width": int(sensor[0]), "height": int(sensor[1])}
-        with contextlib.suppress(ConnectionClosed):  # a refusal (say, a bad key) may close first
-            await ws.send(json.dumps(start))
-        try:
-            first = json.loads(await asyncio.wait_for(ws.recv(), open_timeout))
-        except (ConnectionClosed, TimeoutError, json.JSONDecodeError) as e:
-            code = ws.close_code
-            await ws.close()
-            raise ServiceError("closed", f"no ready message ({e})", code) from None
-        if first.get("type") != "ready":
-            await ws.wait_closed()
-            raise ServiceError(
-                first.get("code", "unexpected"), first.get("message", str(first)), ws.close_code
-            )
-        s = cls(ws, first, on_message)
+        ws, ready = await _open_session(url, start, headers, open_timeout)
+        s = cls(ws, ready, on_message, reconnect=reconnect, url=url)
+        s._start, s._headers, s._open_timeout = start, headers, open_timeout
+        s._connected.set()
         s._reader = asyncio.get_running_loop().create_task(s._read())
         return s
 
@@ -131,41 +203,101 @@ class StreamSession:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def _file(self, msg: Message) -> None:
+        self.messages.append(msg)
+        kind = msg.get("type")
+        if kind == "prediction":
+            self.predictions.append(msg)
+        elif kind == "warning":
+            self.warnings.append(msg)
+        elif kind == "error":
+            self.errors.append(msg)
+        elif kind == "end":
+            self.end = msg
+        if self.on_message is not None:
+            self.on_message(msg)
+        self._queue.put_nowait(msg)
+
     async def _read(self) -> None:
         try:
-            async for raw in self.ws:
-                msg = json.loads(raw)
-                self.messages.append(msg)
-                kind = msg.get("type")
-                if kind == "prediction":
-                    self.predictions.append(msg)
-                elif kind == "warning":
-                    self.warnings.append(msg)
-                elif kind == "error":
-                    self.errors.append(msg)
-                elif kind == "end":
-                    self.end = msg
-                if self.on_message is not None:
-                    self.on_message(msg)
-                self._queue.put_nowait(msg)
-        except ConnectionClosed:
-            pass  # the end of every session; close_code says how
+            while True:
+                try:
+                    async for raw in self.ws:
+                        self._file(json.loads(raw))
+                except ConnectionClosed:
+                    pass  # the end of every session; close_code says how
+                code = self.ws.close_code
+                policy = self.reconnect
+                if (
+                    self._closing
+                    or policy is None
+                    or not policy.retries(code)
+                    or not await self._reopen(code)
+                ):
+                    self.close_code = code
+                    return
         finally:
-            self.close_code = self.ws.close_code
+            self._connected.set()  # senders waiting for a connection find it closed
             self._queue.put_nowait(None)
+
+    async def _reopen(self, code: int | None) -> bool:
+        """Reconnect after the server closed with ``code``; False when the policy gives up."""
+        policy = self.reconnect
+        assert policy is not None
+        self._connected.clear()
+        attempt, last = 0, code
+        while policy.max_attempts is None or attempt < policy.max_attempts:
+            attempt += 1
+            await asyncio.sleep(policy.delay(attempt, last))
+            if self._closing:
+                return False
+            try:
+                ws, ready = await _open_session(self.url, self._start, self._headers, self._open_timeout)
+            except ServiceError as e:
+                if not policy.retries(e.close_code):
+                    return False
+                last = e.close_code
+                continue
+            except (OSError, TimeoutError, InvalidHandshake):
+                last = None
+                continue
+            self.ws, self.ready = ws, ready
+            self.reconnects += 1
+            self.errors_recovered = len(self.errors)
+            self._connected.set()
+            self._file(
+                {"type": "reconnected", "session": ready["session"], "close_code": code, "attempts": attempt}
+            )
+            return True
+        return False
 
     @property
     def session_id(self) -> str:
+        """The server's id of the current session (a new one after each reconnection)."""
         return str(self.ready["session"])
 
+    async def _send(self, data: bytes | str) -> None:
+        """Send on the current connection; with a policy, wait out a reconnection and send there."""
+        while True:
+            await self._connected.wait()
+            ws = self.ws
+            try:
+                await ws.send(data)
+                return
+            except ConnectionClosed:
+                if self.reconnect is None or self._closing or self._reader is None or self._reader.done():
+                    raise
+                if self.ws is ws:  # the reader has not reconnected yet: wait for it
+                    self._connected.clear()
+
     async def send_events(self, events: np.ndarray) -> None:
-        await self.ws.send(encode_packet(events))
+        await self._send(encode_packet(events))
 
     async def send_bytes(self, data: bytes) -> None:
-        await self.ws.send(data)
+        await self._send(data)
 
     async def send_json(self, msg: Message | str) -> None:
-        await self.ws.send(msg if isinstance(msg, str) else json.dumps(msg))
+        await self._send(msg if isinstance(msg, str) else json.dumps(msg))
 
     async def reset(self) -> None:
         await self.send_json({"type": "reset"})
@@ -190,8 +322,11 @@ class StreamSession:
                 return msg
 
     async def stop(self, timeout: float = 60.0) -> Message:
-        """Send ``stop`` and wait for the ``end`` summary (every prediction has arrived by then)."""
+        """Send ``stop`` and wait for the ``end`` summary (every prediction has arrived by then). With
+        reconnections, the summary is the last session's."""
+        self.end = None
         await self.send_json({"type": "stop"})
+        self._closing = True
         if self._reader is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._reader), timeout)
@@ -201,6 +336,7 @@ class StreamSession:
         return self.end
 
     async def close(self) -> None:
+        self._closing = True
         await self.ws.close()
         if self._reader is not None:
             with contextlib.suppress(Exception):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
-import concurrent.futures
 import contextlib
 import json
 import signal
@@ -21,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from service.client.api import ServiceError, StreamSession
+from service.client.api import Reconnect, ServiceError, StreamSession
 from service.client.sources import Pacer, Source, open_source
 
 
@@ -47,6 +46,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="print only the totals")
     p.add_argument("--seed", type=int, default=0, help="synthetic source seed")
     p.add_argument("--max-seconds", type=float, help="stop after this many seconds of wall time")
+    p.add_argument(
+        "--reconnect",
+        action="store_true",
+        help="when the server drains or restarts (close 1012, 1001, connection lost), reconnect and go on "
+        "in a new session (which starts from rest)",
+    )
 
 
 def _open(args: argparse.Namespace) -> Source:
@@ -89,6 +94,13 @@ class Printer:
         kind = msg.get("type")
         if kind in ("warning", "error") and not a.json:
             print(f"[{kind}] {msg.get('code')}: {msg.get('message')}", file=sys.stderr, flush=True)
+        if kind == "reconnected" and not a.json:
+            print(
+                f"[reconnected] session {msg['session']} after close code {msg['close_code']} "
+                f"({msg['attempts']} attempt(s)); it starts from rest",
+                file=sys.stderr,
+                flush=True,
+            )
         if kind != "prediction":
             return
         self.latency.append(msg["latency_ms"]["total"])
@@ -136,6 +148,8 @@ class Printer:
             lines.append(
                 f"per-step accuracy vs. true label {self.correct / self.judged:.1%} ({self.judged} steps)"
             )
+        if s.reconnects:
+            lines.append(f"reconnected {s.reconnects} time(s); totals are the last session's")
         if s.warnings or s.errors:
             lines.append(f"warnings {len(s.warnings)}  errors {len(s.errors)}")
         print("\n".join(lines), flush=True)
@@ -155,6 +169,7 @@ async def _stream(args: argparse.Namespace, source: Source) -> int:
             readout={"mode": args.readout} if args.readout else None,
             output={"top_k": args.top_k},
             on_message=printer,
+            reconnect=Reconnect() if args.reconnect else None,
         )
     except (ServiceError, OSError) as e:
         print(f"asasnn stream: cannot start a session at {args.url}: {e}", file=sys.stderr)
@@ -166,13 +181,13 @@ async def _stream(args: argparse.Namespace, source: Source) -> int:
     pacer = Pacer(None if (args.fast or source.live) else args.speed)
     t0 = time.monotonic()
     packets = 0
-    queue = _pump(source, loop)
+    pump = Pump(source, loop)
     try:
         while not stop.is_set() and s.close_code is None:
             if args.max_seconds is not None and time.monotonic() - t0 > args.max_seconds:
                 break
             try:
-                item = await asyncio.wait_for(queue.get(), 0.25)
+                item = await asyncio.wait_for(pump.get(), 0.25)
             except TimeoutError:
                 continue
             if item is None:
@@ -189,42 +204,56 @@ async def _stream(args: argparse.Namespace, source: Source) -> int:
         print(f"asasnn stream: {e}", file=sys.stderr)
         return 1
     finally:
+        pump.close()
         await s.close()
         source.close()
     printer.totals(s, time.monotonic() - t0, packets)
-    return 0 if not s.errors else 1
+    return 0 if len(s.errors) == s.errors_recovered else 1
 
 
-def _pump(source: Source, loop: asyncio.AbstractEventLoop, depth: int = 64) -> asyncio.Queue:
-    """Read the source on a daemon thread into a bounded queue (None at the end).
+class Pump:
+    """Reads a source on a daemon thread into the event loop, at most ``depth`` packets ahead.
 
     Camera and network reads block; a daemon thread never holds up the exit after Ctrl-C or
-    ``--max-seconds``, where an executor thread would.
+    ``--max-seconds``, where an executor thread would. The thread hands packets over with
+    ``call_soon_threadsafe`` (no coroutine is made on the thread, so none is left un-awaited when the
+    loop ends first) and a semaphore keeps it ``depth`` packets ahead at most.
     """
-    queue: asyncio.Queue = asyncio.Queue(depth)
 
-    def put(item: Any) -> bool:
-        if loop.is_closed():
-            return False
-        coro = queue.put(item)
+    def __init__(self, source: Source, loop: asyncio.AbstractEventLoop, depth: int = 64) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._slots = threading.Semaphore(depth)
+        self._stopped = threading.Event()
+        threading.Thread(target=self._produce, args=(source,), name="asasnn-source", daemon=True).start()
+
+    async def get(self) -> Any:
+        """The next ``(events, label)`` packet; None at the end of the source."""
+        item = await self._queue.get()
+        self._slots.release()
+        return item
+
+    def close(self) -> None:
+        self._stopped.set()
+
+    def _put(self, item: Any) -> bool:
+        while not self._slots.acquire(timeout=0.25):
+            if self._stopped.is_set() or self._loop.is_closed():
+                return False
         try:
-            asyncio.run_coroutine_threadsafe(coro, loop).result()
-        except (RuntimeError, concurrent.futures.CancelledError):  # the stream is over
-            coro.close()
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: the stream is over
             return False
         return True
 
-    def produce() -> None:
+    def _produce(self, source: Source) -> None:
         try:
             for item in source.packets:
-                if not put(item):
+                if self._stopped.is_set() or not self._put(item):
                     return
         except Exception as e:  # noqa: BLE001 - a camera or network failure ends the stream, not the client
             print(f"asasnn stream: source stopped: {e}", file=sys.stderr)
-        put(None)
-
-    threading.Thread(target=produce, name="asasnn-source", daemon=True).start()
-    return queue
+        self._put(None)
 
 
 def run(args: argparse.Namespace) -> int:

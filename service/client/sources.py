@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from models.events.types import EVENT_BYTES, EVENT_DTYPE, EventError, SensorSize, make_events
+from models.events.types import EVENT_DTYPE, SensorSize, make_events
 
 Packet = tuple[np.ndarray, str | None]
 
@@ -89,14 +89,6 @@ class Pacer:
 
 def read_file(path: Path) -> tuple[np.ndarray, SensorSize | None]:
     """Events of a recording file (AEDAT4, numpy, or wire records)."""
-    if path.suffix.lower() in (".evt", ".bin", ".events"):
-        size = path.stat().st_size
-        if size % EVENT_BYTES:
-            raise EventError(
-                "misaligned_packet",
-                f"{path}: {size} bytes is not a whole number of {EVENT_BYTES}-byte records",
-            )
-        return np.fromfile(path, dtype=EVENT_DTYPE), None
     from models.events.readers import read_events
 
     return read_events(path)

@@ -17,6 +17,7 @@ import uvicorn
 from models.events import SensorSize, make_events
 from service.config import Settings
 from service.main import create_app
+from service.server import DrainingServer
 
 SENSOR = SensorSize(128, 128)
 DT_US = 50_000
@@ -54,19 +55,19 @@ def settings_for(model_dir: Path, **kw: Any) -> Settings:
 class LiveServer:
     """A real uvicorn server on a free loopback port, in a thread."""
 
-    def __init__(self, settings: Settings, loader: Any = None) -> None:
+    def __init__(self, settings: Settings, loader: Any = None, port: int = 0) -> None:
         self.settings = settings
         self.app = create_app(settings, loader=loader)
         cfg = uvicorn.Config(
             self.app,
             host="127.0.0.1",
-            port=0,
+            port=port,
             log_level="warning",
             ws_max_size=settings.ws_max_size,
             ws_per_message_deflate=False,
             lifespan="on",
         )
-        self.server = uvicorn.Server(cfg)
+        self.server = DrainingServer(cfg, self.app.state.service)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> LiveServer:  # noqa: PYI034 - final class
@@ -76,7 +77,7 @@ class LiveServer:
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise RuntimeError("server did not start")
             time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
+        port = self.port = self.server.servers[0].sockets[0].getsockname()[1]
         self.http = f"http://127.0.0.1:{port}"
         self.ws = f"ws://127.0.0.1:{port}/ws/infer"
         while httpx.get(self.http + "/readyz").status_code != 200:
@@ -89,6 +90,12 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(10)
 
+    def begin_drain(self) -> None:
+        """What SIGTERM does to ``asasnn serve`` (signals only reach the main thread, not this server's)."""
+        loop = self.server._loop
+        assert loop is not None
+        loop.call_soon_threadsafe(self.server.begin_drain)
+
     @property
     def state(self):
         return self.app.state.service
@@ -99,9 +106,9 @@ class LiveServer:
 
 
 @contextlib.contextmanager
-def live_server(model_dir: Path, loader: Any = None, **kw: Any) -> Iterator[LiveServer]:
-    """A server with settings ``kw`` on top of the test defaults."""
-    with LiveServer(settings_for(model_dir, **kw), loader=loader) as s:
+def live_server(model_dir: Path, loader: Any = None, port: int = 0, **kw: Any) -> Iterator[LiveServer]:
+    """A server with settings ``kw`` on top of the test defaults (on ``port``; 0: a free one)."""
+    with LiveServer(settings_for(model_dir, **kw), loader=loader, port=port) as s:
         yield s
 
 

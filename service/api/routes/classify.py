@@ -8,9 +8,6 @@ binner, step runner and readout as a live stream (:func:`service.recordings.clas
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile, status
@@ -75,8 +72,8 @@ def _error(code_status: int, code: str, message: str) -> HTTPException:
     return HTTPException(code_status, detail={"code": code, "message": message})
 
 
-async def _spool(upload: UploadFile, limit: int) -> str:
-    """Copy an upload to a named temp file (readers need a path); 413 beyond ``limit`` bytes."""
+async def _read(upload: UploadFile, limit: int) -> bytes:
+    """The upload's bytes; 413 beyond ``limit`` (checked on the declared size and on what arrives)."""
     name = upload.filename or "upload"
     if upload.size is not None and upload.size > limit:
         raise _error(
@@ -84,25 +81,21 @@ async def _spool(upload: UploadFile, limit: int) -> str:
             "upload_too_large",
             f"{name}: {upload.size} bytes exceeds the limit of {limit} bytes per recording",
         )
-    fd, path = tempfile.mkstemp(prefix="asasnn-upload-")
-    with os.fdopen(fd, "wb") as out:
-        await asyncio.to_thread(shutil.copyfileobj, upload.file, out)
-    if os.path.getsize(path) > limit:
-        os.unlink(path)
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
         raise _error(413, "upload_too_large", f"{name}: exceeds the limit of {limit} bytes per recording")
-    return path
+    return data
 
 
 async def _classify_one(state: ServiceState, upload: UploadFile, opts: Options) -> ClassifyResult:
     entry = lookup_model(state, opts.model)
     s = state.settings
-    path = await _spool(upload, s.max_upload_bytes)
+    data = await _read(upload, s.max_upload_bytes)
     try:
-        events, file_sensor = await asyncio.to_thread(decode_recording, path, upload.filename, opts.format)
+        events, file_sensor = await asyncio.to_thread(decode_recording, data, upload.filename, opts.format)
     except RecordingError as e:
         raise _error(e.status, e.code, e.message) from None
-    finally:
-        os.unlink(path)
+    del data
     sensor = opts.sensor or (
         SensorSpec(width=file_sensor.width, height=file_sensor.height) if file_sensor else None
     )

@@ -20,7 +20,7 @@ async def healthz(state: StateDep) -> Health:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(state: StateDep):
-    """Ready to serve: the default model is loaded and the engine loop runs."""
+    """Ready to serve: the default model is loaded, the engine loop runs and the server is not draining."""
     reg = state.registry
     detail = {
         "models": {n: (e.loaded, e.error) for n, e in reg.entries.items()} if reg else {},
@@ -28,6 +28,9 @@ async def readyz(state: StateDep):
         "sessions": state.connections,
         "max_sessions": state.settings.max_sessions,
     }
+    if state.draining:
+        detail["reason"] = "draining: shutting down, no new streams"
+        return JSONResponse(Health(status="draining", detail=detail).model_dump(), status_code=503)
     ok = state.ready and state.engine is not None and state.engine.running
     if not ok:
         detail["reason"] = state.load_error or ("models loading" if not state.ready else "engine stopped")

@@ -25,6 +25,7 @@ from service.protocol import (
     CLOSE_IDLE,
     CLOSE_INTERNAL,
     CLOSE_NORMAL,
+    CLOSE_RESTART,
     CLOSE_TOO_MANY,
     CLOSE_UNAUTHORIZED,
     CLOSE_UNAVAILABLE,
@@ -59,7 +60,10 @@ _FATAL_CLOSE = {
     "unavailable": CLOSE_UNAVAILABLE,
     "model_unavailable": CLOSE_UNAVAILABLE,
     "internal": CLOSE_INTERNAL,
+    "draining": CLOSE_RESTART,
 }
+
+_DRAINING = "this server is shutting down; connect again (another replica takes the stream)"
 
 
 async def _refuse(ws: WebSocket, state: ServiceState, code: str, message: str) -> None:
@@ -78,6 +82,8 @@ async def infer(ws: WebSocket) -> None:
     problem = key_problem(s, presented_key(ws, allow_query=True))
     if problem is not None:
         return await _refuse(ws, state, "unauthorized", problem)
+    if state.draining:
+        return await _refuse(ws, state, "draining", _DRAINING)
     if not state.ready:
         return await _refuse(
             ws, state, "not_ready", state.load_error or "models are still loading; retry shortly"
@@ -106,12 +112,16 @@ async def _serve(ws: WebSocket, state: ServiceState) -> None:
         )
     try:
         start = parse_start(msg["text"])
+        if state.draining:  # the drain began while this connection waited for its start message
+            raise ProtocolError("draining", _DRAINING, fatal=True)
         session = await _open(state, start)
     except ProtocolError as e:
         return await _refuse(ws, state, e.code, e.message)
+    state.add_stream(session)
     try:
         await _run(ws, state, session)
     finally:
+        state.remove_stream(session)
         await session.close()
 
 

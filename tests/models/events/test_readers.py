@@ -1,5 +1,7 @@
 """Event files: exact round trips through our writers (AEDAT4 through dv-processing's real writer)
-and a clear, file-naming EventError for every kind of bad file."""
+and a clear, file-naming EventError for every kind of bad file; the same from bytes."""
+
+import time
 
 import dv_processing as dv
 import numpy as np
@@ -11,6 +13,7 @@ from models.events import (
     SensorSize,
     make_events,
     read_events,
+    read_events_bytes,
     write_aedat4,
     write_numpy,
 )
@@ -197,3 +200,58 @@ def test_aedat4_into_a_missing_folder_is_an_os_error(tmp_path, events):
     with pytest.raises(OSError, match="No such file or directory") as err:
         write_aedat4(tmp_path / "nope" / "a.aedat4", events, SENSOR)
     assert "Stacktrace" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["a.aedat4", "a.npy", "a.npz", "a.evt"])
+def test_bytes_give_what_the_file_gives(tmp_path, events, name, monkeypatch):
+    path = tmp_path / name
+    if name.endswith(".aedat4"):
+        write_aedat4(path, events, SENSOR)
+    elif name.endswith(".evt"):
+        path.write_bytes(events.tobytes())
+    else:
+        write_numpy(path, events, SENSOR if name.endswith(".npz") else None)
+    from_file = read_events(path)
+    if not name.endswith(".aedat4"):  # numpy and wire records never touch the disk
+        monkeypatch.setattr("models.events.readers.tempfile", None)
+    ev, sensor = read_events_bytes(path.read_bytes(), path.suffix.upper(), "upload.bin")
+    np.testing.assert_array_equal(ev, from_file[0])
+    assert sensor == from_file[1] and ev.dtype == EVENT_DTYPE and ev.flags.writeable
+
+
+@pytest.mark.parametrize(
+    "data, suffix, code, words",
+    [
+        (b"\x00" * 14, ".evt", "misaligned_packet", r"1 records \+ 1 stray bytes"),
+        (b"garbage", ".npy", "bad_file", "not a numpy .npy file"),
+        (b"PK\x03\x04garbage", ".npz", "bad_file", "not a numpy .npz file"),
+        (b"1 2 3 4", ".txt", "unknown_format", "unknown event file suffix"),
+        (b"#!AER-DAT4.0\r\nnothing else", ".aedat4", "bad_file", "no AEDAT4 header"),
+    ],
+)
+def test_bad_bytes_name_the_upload(data, suffix, code, words):
+    with pytest.raises(EventError, match=words) as err:
+        read_events_bytes(data, suffix, "upload")
+    assert err.value.code == code and str(err.value).startswith("upload: ")
+
+
+def test_not_an_aedat4_file_is_refused_before_dv_processing(tmp_path, events):
+    """dv-processing takes seconds to reject garbage (it builds a C++ stack trace); the header check
+    answers at once, for files and bytes alike."""
+    good = tmp_path / "good.aedat4"
+    write_aedat4(good, events, SENSOR)
+    head = good.read_bytes()[:40]
+    cases = {
+        "noise.aedat4": np.random.default_rng(1).bytes(100_000),
+        "text.aedat4": b"#!AER-DAT4.0\r\n" + b"x" * 100_000,
+        "cut.aedat4": head,  # the header claims more bytes than there are
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        t = time.perf_counter()
+        with pytest.raises(EventError) as err:
+            read_events(tmp_path / name)
+        with pytest.raises(EventError):
+            read_events_bytes(data, ".aedat4", name)
+        assert time.perf_counter() - t < 0.5, name
+        assert err.value.code == "bad_file" and str(tmp_path / name) in str(err.value)
