@@ -112,15 +112,19 @@ class SpikeMapProbe:
 
 
 class MembraneProbe:
-    """Keeps membrane potentials per layer (optionally a random subsample) for MPD, PTD and QE."""
+    """Keeps membrane potentials and spikes per layer for MPD, PTD and QE on small runs.
+
+    It keeps the values of the first calls, until a layer holds at least ``max_values_per_layer``
+    (whole calls, so it may hold one call more). For a whole test set use a streaming histogram
+    instead (``training.analysis.probes.MembraneStatsProbe``).
+    """
 
     wants_membrane = True
 
-    def __init__(self, max_values_per_layer: int = 2_000_000, seed: int = 0) -> None:
+    def __init__(self, max_values_per_layer: int = 2_000_000) -> None:
         self.max_values = max_values_per_layer
         self.u: dict[int, list[Tensor]] = {}
         self.s: dict[int, list[Tensor]] = {}
-        self._gen = torch.Generator().manual_seed(seed)
         self._kept: dict[int, int] = {}
 
     def __call__(self, layer: int, spikes: Tensor, u: Tensor | None) -> None:
@@ -147,4 +151,4 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["EnergyModel", "SpikeMapProbe", "MembraneProbe", "synapse_macs", "count_params"]
+__all__ = ["EnergyModel", "MembraneProbe", "SpikeMapProbe", "count_params", "synapse_macs"]
