@@ -20,7 +20,7 @@ import numpy as np
 
 # Run as a script, Python puts benchmarks/ on the path, not the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.events import BinnerConfig, FrameBinner, SensorSize, make_events  # noqa: E402
+from models.events import BinnerConfig, FrameBinner, SensorSize, make_events
 
 PACKET_SIZES = (256, 4096, 65536, None)  # None: the whole recording as one packet
 RATE_EV_PER_S = 1_000_000  # a busy DVS128 scene

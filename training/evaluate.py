@@ -11,8 +11,8 @@ spike counts, SOPs and the energy proxy (:class:`models.instrument.EnergyModel`)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -140,7 +140,7 @@ def summarize(p: Predictions, energy: EnergyModel, steps: int, classes: Sequence
             per_class[name] = float((voted[sel] == c).mean())
     return {
         "recordings": int(ids.size),
-        "clips": int(len(p.item)),
+        "clips": len(p.item),
         "clips_per_recording": float(len(p.item) / max(ids.size, 1)),
         "timesteps": int(steps),
         "accuracy": {"clip": clip_acc, "vote": vote_acc},
