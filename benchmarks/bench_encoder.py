@@ -95,7 +95,11 @@ def run(num_events: int = 2_000_000) -> dict:
 
 
 def main() -> None:
-    num_events = int(sys.argv[1]) if len(sys.argv) > 1 else 2_000_000
+    import argparse
+
+    parser = argparse.ArgumentParser(description="FrameBinner throughput against a plain np.add.at loop")
+    parser.add_argument("num_events", nargs="?", type=int, default=2_000_000)
+    num_events = parser.parse_args().num_events
     results = run(num_events)
     print(f"{num_events} events, best of {REPEATS}; ratio = add.at time / FrameBinner time")
     print(f"{'frame':>12} {'packet':>8} {'FrameBinner Mev/s':>18} {'np.add.at Mev/s':>16} {'ratio':>6}")
