@@ -71,7 +71,7 @@ def hard_mask(select: Tensor, score: Tensor, grad: MaskGrad) -> Tensor:
     (``alpha``, ``gamma``, ``W1``, ``W2``); in the reference code those never receive a gradient.
     """
     hard = select.to(score.dtype)
-    if grad == "none":
+    if grad == "none" or not score.requires_grad:  # the estimator adds exactly 0 to the forward value
         return hard
     soft = torch.sigmoid(score)
     # Parenthesised so the forward value is exactly 0 or 1: ``(hard + soft) - soft`` rounds to
@@ -188,6 +188,9 @@ class CausalASA(nn.Module):
     Parameters: alpha, gamma and two 3x3 convolutions (2 + 2*18 per block).
     """
 
+    # How the top channels are picked; the export swaps in ONNX's TopK, which ranks ties the same way.
+    top_channels = staticmethod(rank_mask)
+
     def __init__(self, channels: int, cfg: AttentionConfig) -> None:
         super().__init__()
         if cfg.kind != "causal-asa":
@@ -204,7 +207,7 @@ class CausalASA(nn.Module):
         m = self.score(x)
         num = self.cfg.rho * num + m.detach()
         den = self.cfg.rho * den + 1
-        top_c = rank_mask(m, int(self.channels * self.cfg.lam), dim=1)
+        top_c = self.top_channels(m, int(self.channels * self.cfg.lam), dim=1)
         mbar = num / den
         # ">=" with a relative tolerance: a channel whose input is steady sits exactly on its own
         # running mean, and float rounding (which differs between backends and with BN folding)

@@ -81,11 +81,16 @@ def lif_step(x: Tensor, h: Tensor, p: LIFParams, beta: Tensor | float | None = N
     """
     b = p.beta if beta is None else beta
     u = h + x
-    s = spike(u - p.v_th, p)
-    if p.reset == "hard":
-        h_next = p.v_reset * s + b * u * (1 - s)
-    else:
+    if u.requires_grad or (isinstance(b, Tensor) and b.requires_grad):
+        s = spike(u - p.v_th, p)
+    else:  # the same as ``u - Vth >= 0`` (a float difference is 0 only for equal operands), one op less
+        s = (u >= p.v_th).to(u.dtype)
+    if p.reset == "soft":
         h_next = b * (u - p.v_th * s)
+    elif p.v_reset == 0:  # the reset term would add an exact zero (and a zero gradient)
+        h_next = b * u * (1 - s)
+    else:
+        h_next = p.v_reset * s + b * u * (1 - s)
     return s, h_next, u
 
 

@@ -1,10 +1,8 @@
-"""Export a network to a verified bundle: BatchNorm folding, the ONNX step / window graph, the check.
+"""Export a network to a verified bundle: the ONNX step / window graph and the check.
 
-* :func:`fold_batchnorm` folds each conv block's BatchNorm into its convolution (a copy; the
-  original is untouched). ``W' = W * g / sqrt(v + eps)``, ``b' = beta - m * g / sqrt(v + eps)``,
-  computed in float64. For the exported graphs a following 2x2 average pool is folded as well
-  (a 4x4 stride-2 convolution: the same function with 2.25x fewer multiply-accumulates), and the
-  attention's pooling over channels uses operators ONNX Runtime runs fast (:class:`PooledSpatialMap`).
+* The graphs are traced from :func:`~models.runtime.rewrite.inference_graph`: the same network with
+  BatchNorm and average pools folded into the convolutions and a few operator-level rewrites that
+  ONNX Runtime runs faster (see models/runtime/rewrite.py).
 * :func:`export_onnx` writes one of two graphs (dynamo exporter, opset 18, dynamic batch ``batch``):
 
   - **step** (networks with attention ``none`` / ``causal-asa``): inputs ``frames [B, 2, H, W]`` and
@@ -37,10 +35,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.attention import SpatialMap
 from models.network import SpikingNet
 from models.runtime.bundle import (
     Metrics,
@@ -53,6 +49,7 @@ from models.runtime.bundle import (
     save_bundle,
     software_versions,
 )
+from models.runtime.rewrite import inference_graph
 from models.runtime.verify import (  # re-exported: the check is part of the export's interface
     MIN_AGREEMENT,
     SpikeProbe,
@@ -66,132 +63,6 @@ from models.runtime.verify import (  # re-exported: the check is part of the exp
 )
 
 OPSET = 18
-
-
-# ---- folding -------------------------------------------------------------------------------------
-def fold_batchnorm(net: SpikingNet, fold_pool: bool = False) -> SpikingNet:
-    """A copy of ``net`` (eval mode, no gradients) with every Conv2d-BatchNorm2d pair folded.
-
-    With ``fold_pool`` a following 2x2 average pool is folded too: ``Conv3x3(pad 1) -> AvgPool2``
-    equals ``Conv4x4(stride 2, pad 1)`` with kernel ``K = (k * box2x2) / 4`` (BatchNorm, a per-channel
-    affine map, commutes with the pooling). Same function, 2.25x fewer multiply-accumulates; only
-    the float32 rounding differs (the export's verification covers it).
-    """
-    out = copy.deepcopy(net).eval()
-    for layer in out.layers:
-        syn = layer.synapse
-        if not isinstance(syn, nn.Sequential):
-            continue
-        for i in range(len(syn) - 1):
-            conv, bn = syn[i], syn[i + 1]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                syn[i] = _fold(conv, bn)
-                syn[i + 1] = nn.Identity()
-        if fold_pool:
-            mods = [m for m in syn if not isinstance(m, nn.Identity)]
-            if len(mods) == 2 and _poolable(mods[0], mods[1]):
-                folded = _fold_pool(mods[0])
-                for j, m in enumerate(syn):
-                    syn[j] = folded if m is mods[0] else nn.Identity()
-    for p in out.parameters():
-        p.requires_grad_(False)
-    return out
-
-
-def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    assert bn.running_mean is not None and bn.running_var is not None
-    w = conv.weight.detach().double()
-    scale = (
-        bn.weight.detach().double() if bn.affine else torch.ones_like(bn.running_var.double())
-    ) / torch.sqrt(bn.running_var.double() + bn.eps)
-    shift = bn.bias.detach().double() if bn.affine else torch.zeros_like(scale)
-    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(scale)
-    new = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        conv.groups,
-        bias=True,
-        padding_mode=conv.padding_mode,
-    ).to(device=conv.weight.device, dtype=conv.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(w * scale.view(-1, 1, 1, 1))
-        new.bias.copy_((b - bn.running_mean.double()) * scale + shift)
-    return new
-
-
-def _pair(v: Any) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
-
-
-def _poolable(conv: nn.Module, pool: nn.Module) -> bool:
-    return (
-        isinstance(conv, nn.Conv2d)
-        and isinstance(pool, nn.AvgPool2d)
-        and conv.kernel_size == (3, 3)
-        and conv.stride == (1, 1)
-        and conv.padding == (1, 1)
-        and conv.dilation == (1, 1)
-        and conv.groups == 1
-        and conv.padding_mode == "zeros"
-        and _pair(pool.kernel_size) == (2, 2)
-        and _pair(pool.stride or pool.kernel_size) == (2, 2)
-        and _pair(pool.padding) == (0, 0)
-        and not pool.ceil_mode
-        and pool.divisor_override is None
-    )
-
-
-def _fold_pool(conv: nn.Conv2d) -> nn.Conv2d:
-    w = conv.weight.detach().double()
-    k = torch.zeros(*w.shape[:2], 4, 4, dtype=torch.float64, device=w.device)
-    for a in (0, 1):
-        for b in (0, 1):
-            k[:, :, a : a + 3, b : b + 3] += w / 4
-    new = nn.Conv2d(conv.in_channels, conv.out_channels, 4, stride=2, padding=1, bias=conv.bias is not None)
-    new = new.to(device=conv.weight.device, dtype=conv.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(k)
-        if conv.bias is not None:
-            new.bias.copy_(conv.bias)
-    return new
-
-
-class PooledSpatialMap(nn.Module):
-    """:class:`~models.attention.SpatialMap` with its channel pooling in operators that ONNX Runtime
-    runs fast: the mean over channels as a 1x1 convolution (weights 1/C), the max as an elementwise
-    maximum of channel halves (twice) followed by a 3-D max pool of kernel ``(C/4, 1, 1)``. Same
-    function (the mean may round differently). A reduction over the middle (channel) axis is
-    several times slower in ONNX Runtime and was most of causal ASA's cost in a step (graph
-    optimisers fold a transpose-based rewrite back into that reduction)."""
-
-    def __init__(self, sm: SpatialMap) -> None:
-        super().__init__()
-        self.conv = sm.conv
-
-    def forward(self, z: Tensor, mean_scale: float = 1.0) -> Tensor:
-        c = z.shape[1]
-        mean = F.conv2d(z, z.new_full((1, c, 1, 1), 1.0 / (c * mean_scale)))
-        m = z
-        for _ in range(2):
-            if m.shape[1] % 2:
-                break
-            half = m.shape[1] // 2
-            m = torch.maximum(m[:, :half], m[:, half:])
-        peak = F.max_pool3d(m.unsqueeze(1), (m.shape[1], 1, 1)).squeeze(1)
-        return torch.sigmoid(self.conv(torch.cat([mean, peak], dim=1)))
-
-
-def pooled_maps(net: SpikingNet) -> SpikingNet:
-    """Replace every attention spatial map of ``net`` (in place) by :class:`PooledSpatialMap`."""
-    for module in list(net.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) is SpatialMap:
-                setattr(module, name, PooledSpatialMap(child))
-    return net
 
 
 # ---- graphs --------------------------------------------------------------------------------------
@@ -239,12 +110,12 @@ def _quiet():
             lg.setLevel(lv)
 
 
-def export_onnx(net: SpikingNet, mode: Mode, with_spikes: bool = False, fold: bool = True) -> bytes:
-    """Serialized ONNX graph of ``net`` (see the module docstring). ``net`` is not modified."""
+def export_onnx(net: SpikingNet, mode: Mode, with_spikes: bool = False, rewrite: bool = True) -> bytes:
+    """Serialized ONNX graph of ``net`` (see the module docstring). ``net`` is not modified;
+    ``rewrite=False`` traces it as it is (no folding, no rewrites)."""
     from torch.export import Dim
 
-    model = fold_batchnorm(net, fold_pool=True) if fold else copy.deepcopy(net).eval().requires_grad_(False)
-    model = pooled_maps(model.cpu().float())
+    model = inference_graph(net) if rewrite else copy.deepcopy(net).cpu().float().eval().requires_grad_(False)
     cfg = model.cfg
     inputs, outputs = expected_io(model, mode)
     spike_names = [f"{n}.spikes" for n in model.layer_names] if with_spikes else []
@@ -273,7 +144,9 @@ def export_onnx(net: SpikingNet, mode: Mode, with_spikes: bool = False, fold: bo
             external_data=False,
         )
     proto = program.model_proto
-    proto.doc_string = f"asasnn {mode} graph of {cfg.name} (attention {cfg.attention.kind}), BatchNorm folded"
+    proto.doc_string = f"asasnn {mode} graph of {cfg.name} (attention {cfg.attention.kind})" + (
+        ", inference rewrites (BatchNorm folded)" if rewrite else ""
+    )
     return proto.SerializeToString()
 
 
@@ -388,7 +261,6 @@ __all__ = [
     "default_frame_sets",
     "export_bundle",
     "export_onnx",
-    "fold_batchnorm",
     "random_frames",
     "strip_outputs",
     "synthetic_frames",

@@ -196,7 +196,7 @@ class TorchStepRunner(StepRunner):
         fold_bn: bool = True,
         compile: bool = False,
     ) -> None:
-        from models.runtime.export import fold_batchnorm
+        from models.runtime.rewrite import fold_batchnorm
 
         self.device = torch.device(_resolve_device(device))
         model = fold_batchnorm(net) if fold_bn else copy.deepcopy(net).eval().requires_grad_(False)

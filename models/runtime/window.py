@@ -39,7 +39,7 @@ class TorchWindowEval:
     """Multi-step forward of the network (BatchNorm folded) on a batch of windows."""
 
     def __init__(self, net: SpikingNet, device: Device = "auto") -> None:
-        from models.runtime.export import fold_batchnorm
+        from models.runtime.rewrite import fold_batchnorm
 
         self.device = torch.device(_resolve_device(device))
         self.net = fold_batchnorm(net).to(self.device)

@@ -11,6 +11,7 @@ from runtime_support import CLASSES, make_net
 from safetensors.torch import load_file, save_file
 
 import models.runtime.export as E
+import models.runtime.rewrite as R
 from models.runtime.bundle import WEIGHTS_FILE, load_bundle
 from models.runtime.runner import make_session
 from training.cli import export as cli
@@ -19,7 +20,7 @@ from training.cli import export as cli
 @pytest.mark.parametrize("fold_pool", (False, True))
 def test_folding_keeps_the_function_and_the_original(bundles, frames_for, fold_pool):
     b = bundles["tiny-causal"]
-    folded = E.fold_batchnorm(b.net, fold_pool=fold_pool)
+    folded = R.fold_batchnorm(b.net, fold_pool=fold_pool)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in b.net.modules()) == 3  # untouched
     pools = sum(isinstance(m, torch.nn.AvgPool2d) for m in folded.modules())
@@ -186,4 +187,4 @@ def test_pooled_spatial_map_equals_the_spatial_map(channels):
     sm = SpatialMap()
     z = torch.randn(2, channels, 5, 6)
     with torch.no_grad():
-        torch.testing.assert_close(E.PooledSpatialMap(sm)(z, 0.5), sm(z, 0.5), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(R.PooledSpatialMap(sm)(z, 0.5), sm(z, 0.5), rtol=1e-6, atol=1e-6)
