@@ -3,6 +3,8 @@
 * ``asasnn bench runtime``: per-step latency (median, p99) and streams/s of the stateful runtime, ONNX
   Runtime and torch, at batch 1/8/32/128, against window recomputation (benchmarks/bench_runtime.py;
   the results table lives in docs/performance.md).
+* ``asasnn bench rewrites``: what each export rewrite buys on one network's ONNX step, against the
+  torch eager step (benchmarks/bench_rewrites.py).
 * ``asasnn bench encoder``: event-binning throughput of FrameBinner (benchmarks/bench_encoder.py).
 
 The scripts are loaded by file path when chosen, so this command needs a source checkout.
@@ -31,24 +33,32 @@ def _load(name: str) -> ModuleType:
     return module
 
 
+SCRIPTS = {"runtime": "bench_runtime", "rewrites": "bench_rewrites", "encoder": "bench_encoder"}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="target", metavar="TARGET", required=True)
-    runtime = sub.add_parser("runtime", help="stepwise runtime latency and throughput (ONNX Runtime, torch)")
-    try:
-        _load("bench_runtime").add_arguments(runtime)
-    except FileNotFoundError:
-        pass  # reported by run()
+    helps = {
+        "runtime": "stepwise runtime latency and throughput (ONNX Runtime, torch)",
+        "rewrites": "what each export rewrite buys (ONNX step vs torch eager step)",
+    }
+    for target, text in helps.items():
+        p = sub.add_parser(target, help=text)
+        try:
+            _load(SCRIPTS[target]).add_arguments(p)
+        except FileNotFoundError:
+            pass  # reported by run()
     encoder = sub.add_parser("encoder", help="event binning throughput (FrameBinner vs np.add.at)")
     encoder.add_argument("--events", type=int, default=2_000_000, help="events in the synthetic recording")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        module = _load("bench_runtime" if args.target == "runtime" else "bench_encoder")
+        module = _load(SCRIPTS[args.target])
     except FileNotFoundError as err:
         print(f"asasnn bench: {err}", file=sys.stderr)
         return 2
-    if args.target == "runtime":
+    if args.target != "encoder":
         return int(module.main(args) or 0)
     results = module.run(args.events)
     print(f"{args.events} events; ratio = np.add.at time / FrameBinner time")

@@ -96,16 +96,27 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def _bundle(name: str, workdir: Path):
-    """(label, bundle) for a model name; exports calibrated untrained networks when needed."""
+def untrained_net(preset_name: str, attention: str = "causal-asa"):
+    """A network of the preset (11 classes), seed 0, calibrated so that every layer spikes."""
     import torch
 
     from models.attention import AttentionConfig
     from models.config import preset
     from models.network import SpikingNet
-    from models.runtime.bundle import load_bundle
     from models.runtime.calibrate import calibrate_untrained
-    from models.runtime.export import build_card, export_bundle, random_frames
+    from models.runtime.export import random_frames
+
+    torch.manual_seed(0)
+    cfg = preset(preset_name, 11, AttentionConfig(kind=attention))
+    net = SpikingNet(cfg).eval()
+    calibrate_untrained(net, torch.from_numpy(random_frames(16, 4, (2, *cfg.input_size))))
+    return net
+
+
+def _bundle(name: str, workdir: Path):
+    """(label, bundle) for a model name; exports calibrated untrained networks when needed."""
+    from models.runtime.bundle import load_bundle
+    from models.runtime.export import build_card, export_bundle
 
     if name == "default" and (DEFAULT_BUNDLE / "card.json").exists():
         b = load_bundle(DEFAULT_BUNDLE)
@@ -115,10 +126,8 @@ def _bundle(name: str, workdir: Path):
             b,
         )
     preset_name = "tiny" if name == "default" else name
-    torch.manual_seed(0)
-    cfg = preset(preset_name, 11, AttentionConfig(kind="causal-asa"))
-    net = SpikingNet(cfg).eval()
-    calibrate_untrained(net, torch.from_numpy(random_frames(16, 4, (2, *cfg.input_size))))
+    net = untrained_net(preset_name)
+    cfg = net.cfg
     sensor = (cfg.input_size[1] * 4, cfg.input_size[0] * 4)
     card = build_card(net, classes=[f"c{i}" for i in range(11)], sensor=sensor, ds=4, dt_us=15_000)
     out = workdir / name
@@ -129,6 +138,15 @@ def _bundle(name: str, workdir: Path):
         else "tiny (causal-asa; no trained default yet)"
     )
     return label, load_bundle(out)
+
+
+SEQUENCE = 16  # frames each stream cycles through (a stream, not one frame repeated)
+
+
+def _stepper(runner: Any, slots: list[int], seq: Any):
+    """A call that steps ``slots`` with the next frame of ``seq`` (cycling)."""
+    t = iter(range(1 << 62))
+    return lambda: runner.step(slots, seq[next(t) % len(seq)])
 
 
 def _measure(steps: dict[str, Any], window_fn: Any, budget: float) -> dict[str, list[float]]:
@@ -210,7 +228,7 @@ def run(
         for name in models:
             label, b = _bundle(name, Path(tmp))
             T = b.card.timesteps
-            result["models"][label] = {"timesteps": T, "bytes_per_stream": None}
+            result["models"][label] = {"timesteps": T, "bytes_per_stream": {}}
             runners: dict[str, Any] = {}
             if "onnx" in backends:
                 runners["onnx"] = OrtStepRunner(b.onnx_path, b.card, b.net, "cpu", threads=threads)
@@ -220,12 +238,9 @@ def run(
                 runners["torch.compile"] = TorchStepRunner(b.net, b.card, "cpu", compile=True)
             last_window: tuple[int, float] | None = None  # (batch, seconds per evaluation)
             for n in batches:
-                frames = random_frames(1, n, b.card.frame_shape, seed=n)[0]
+                seq = random_frames(SEQUENCE, n, b.card.frame_shape, seed=n)
                 opened = {key: [r.open() for _ in range(n)] for key, r in runners.items()}
-                steps = {
-                    key: (lambda r=r, slots=opened[key], frames=frames: r.step(slots, frames))
-                    for key, r in runners.items()
-                }
+                steps = {key: _stepper(r, opened[key], seq) for key, r in runners.items()}
                 window_fn = None
                 if window and last_window and last_window[1] * n / last_window[0] > window_max_s:
                     est = last_window[1] * n / last_window[0]
@@ -241,7 +256,7 @@ def run(
                 for key, r in runners.items():
                     for slot in opened[key]:
                         r.close(slot)
-                    result["models"][label]["bytes_per_stream"] = r.bytes_per_stream()
+                    result["models"][label]["bytes_per_stream"][key] = r.bytes_per_stream()
                 for key, ms in times.items():
                     row = _row(label, f"window (T={T})" if key == "window" else key, n, ms)
                     if key == "window":
@@ -296,13 +311,13 @@ def format_markdown(result: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Memory per stream (state): "
-        + ", ".join(
-            f"{model}: {info['bytes_per_stream'] / 1024:.1f} KiB"
+        "Memory per stream: "
+        + "; ".join(
+            f"{model}: "
+            + ", ".join(f"{key} {v / 1024:.1f} KiB" for key, v in info["bytes_per_stream"].items())
             for model, info in result["models"].items()
-            if info["bytes_per_stream"]
         )
-        + ".",
+        + " (the ONNX Runtime host runner keeps two copies of the state).",
     ]
     return "\n".join(lines) + "\n"
 

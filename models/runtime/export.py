@@ -49,7 +49,7 @@ from models.runtime.bundle import (
     save_bundle,
     software_versions,
 )
-from models.runtime.rewrite import inference_graph
+from models.runtime.rewrite import ALL_REWRITES, Rewrites, inference_graph
 from models.runtime.verify import (  # re-exported: the check is part of the export's interface
     MIN_AGREEMENT,
     SpikeProbe,
@@ -110,12 +110,18 @@ def _quiet():
             lg.setLevel(lv)
 
 
-def export_onnx(net: SpikingNet, mode: Mode, with_spikes: bool = False, rewrite: bool = True) -> bytes:
+def export_onnx(
+    net: SpikingNet, mode: Mode, with_spikes: bool = False, rewrites: Rewrites | None = ALL_REWRITES
+) -> bytes:
     """Serialized ONNX graph of ``net`` (see the module docstring). ``net`` is not modified;
-    ``rewrite=False`` traces it as it is (no folding, no rewrites)."""
+    ``rewrites=None`` traces it as it is (no folding, no rewrites)."""
     from torch.export import Dim
 
-    model = inference_graph(net) if rewrite else copy.deepcopy(net).cpu().float().eval().requires_grad_(False)
+    model = (
+        inference_graph(net, rewrites)
+        if rewrites is not None
+        else copy.deepcopy(net).cpu().float().eval().requires_grad_(False)
+    )
     cfg = model.cfg
     inputs, outputs = expected_io(model, mode)
     spike_names = [f"{n}.spikes" for n in model.layer_names] if with_spikes else []
@@ -145,7 +151,7 @@ def export_onnx(net: SpikingNet, mode: Mode, with_spikes: bool = False, rewrite:
         )
     proto = program.model_proto
     proto.doc_string = f"asasnn {mode} graph of {cfg.name} (attention {cfg.attention.kind})" + (
-        ", inference rewrites (BatchNorm folded)" if rewrite else ""
+        f", BatchNorm folded, {rewrites}" if rewrites is not None else ""
     )
     return proto.SerializeToString()
 

@@ -19,6 +19,7 @@ all; docs/performance.md measures what each one buys.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -256,9 +257,29 @@ def spike_driven_linears(net: SpikingNet, min_weights: int = SPIKE_DRIVEN_MIN_WE
 
 
 # ---- all together --------------------------------------------------------------------------------
-def inference_graph(net: SpikingNet) -> SpikingNet:
+@dataclass(frozen=True)
+class Rewrites:
+    """Which rewrites :func:`inference_graph` applies (all by default; BatchNorm is always folded).
+    Switching them off one by one is what ``benchmarks/bench_rewrites.py`` measures."""
+
+    fold_pool: bool = True
+    pooled_maps: bool = True
+    stream_asa: bool = True
+    spike_driven: bool = True
+
+
+ALL_REWRITES = Rewrites()
+
+
+def inference_graph(net: SpikingNet, rewrites: Rewrites = ALL_REWRITES) -> SpikingNet:
     """The network as the export writes it: a float32 CPU copy with BatchNorm and average pools folded,
     channel pooling in fast operators, causal ASA on both groups at once, spike-driven large FC
     layers. The same function as ``net`` in eval mode, to float32 rounding (the export verifies it)."""
-    model = fold_batchnorm(net, fold_pool=True).cpu().float()
-    return spike_driven_linears(stream_asa(pooled_maps(model)))
+    model = fold_batchnorm(net, fold_pool=rewrites.fold_pool).cpu().float()
+    if rewrites.pooled_maps:
+        pooled_maps(model)
+    if rewrites.stream_asa:
+        stream_asa(model)
+    if rewrites.spike_driven:
+        spike_driven_linears(model)
+    return model

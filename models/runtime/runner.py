@@ -292,21 +292,31 @@ class OrtStepRunner(StepRunner):
         self._gpu_tables = self.on_cuda and torch.cuda.is_available()
         self._in_names = ["frames", *net.state_names()]
         self._out_names = ["out", "counts", *(f"{n}.next" for n in net.state_names())]
-        self._tables: list[Any] = []
+        self._tables: list[Any] = []  # GPU
+        self._pages: tuple[list[np.ndarray], ...] = ([], [])  # host: two copies, see _advance
+        self._side = np.zeros(0, dtype=np.int8)
         super().__init__(card, net, capacity)
 
-    # storage: numpy tables on the host, torch CUDA tensors when the graph runs on the GPU
+    # storage: two numpy copies of every table on the host, torch CUDA tensors on the GPU
     def _resize(self, capacity: int) -> None:
         if self._gpu_tables:
             new = [torch.zeros(capacity, *s, device="cuda") for s in self.state_shapes]
             for a, b in zip(new, self._tables):
                 a[: b.shape[0]].copy_(b)
+            self._tables = new
         else:
-            new = [np.zeros((capacity, *s), dtype=np.float32) for s in self.state_shapes]
-            for a, b in zip(new, self._tables):
-                a[: b.shape[0]] = b
-        self._tables = new
+            old = self._side.shape[0]
+            pages = tuple([np.zeros((capacity, *s), dtype=np.float32) for s in self.state_shapes] for _ in (0, 1))
+            for new_page, old_page in zip(pages, self._pages):
+                for a, b in zip(new_page, old_page):
+                    a[:old] = b
+            self._pages = pages
+            self._side = np.concatenate([self._side, np.zeros(capacity - old, dtype=np.int8)])
         self._alloc_buffers(capacity)
+
+    def bytes_per_stream(self) -> int:
+        """Host memory per slot: the state twice (see :meth:`_advance`); once on the GPU."""
+        return super().bytes_per_stream() * (1 if self._gpu_tables else 2)
 
     def _alloc_buffers(self, rows: int) -> None:
         """Contiguous buffers for the gathered inputs and the outputs of up to ``rows`` streams."""
@@ -320,34 +330,24 @@ class OrtStepRunner(StepRunner):
             self._frames = np.empty((rows, *self.frame_shape), dtype=np.float32)
             self._ins = [np.empty((rows, *s), dtype=np.float32) for s in self.state_shapes]
             self._outs = [np.empty((rows, *s), dtype=np.float32) for s in shapes]
-        self._bindings: dict[int, Any] = {}
-        self._values: list[Any] = []  # OrtValues over the buffers, alive as long as their bindings
+        self._bindings: dict[Any, Any] = {}  # every binding points into the buffers or pages above
 
-    def _binding(self, n: int) -> Any:
-        """IO binding of the first ``n`` rows of every buffer; built once per batch size and reused
-        (the bound memory is the buffers themselves, so each call only refills them)."""
-        b = self._bindings.get(n)
-        if b is None and self._gpu_tables:
+    def _bind(self, key: Any, inputs: Sequence[Any], outputs: Sequence[Any]) -> Any:
+        """The IO binding of these arrays (built once per ``key`` and reused: the bound memory is
+        the arrays themselves, so a call only refills them)."""
+        b = self._bindings.get(key)
+        if b is None:
+            if len(self._bindings) >= 64:  # direct bindings are per slot range; keep a few
+                self._bindings.pop(next(iter(self._bindings)))
             b = self.session.io_binding()
-            for name, buf in zip(self._in_names, (self._frames, *self._ins)):
-                v = buf[:n]
-                b.bind_input(name, "cuda", 0, np.float32, tuple(v.shape), v.data_ptr())
-            for name, buf in zip(self._out_names, self._outs):
-                v = buf[:n]
-                b.bind_output(name, "cuda", 0, np.float32, tuple(v.shape), v.data_ptr())
-            self._bindings[n] = b
-        elif b is None:
-            from onnxruntime import OrtValue
-
-            b = self.session.io_binding()
-            values = [OrtValue.ortvalue_from_numpy(a[:n]) for a in (self._frames, *self._ins)]
-            for name, v in zip(self._in_names, values):
-                b.bind_ortvalue_input(name, v)
-            for name, buf in zip(self._out_names, self._outs):
-                v = buf[:n]
-                b.bind_output(name, "cpu", 0, np.float32, v.shape, v.ctypes.data)
-            self._bindings[n] = b
-            self._values.append(values)
+            device = "cuda" if self._gpu_tables else "cpu"
+            for name, v in zip(self._in_names, inputs):
+                ptr = v.data_ptr() if self._gpu_tables else v.ctypes.data
+                b.bind_input(name, device, 0, np.float32, tuple(v.shape), ptr)
+            for name, v in zip(self._out_names, outputs):
+                ptr = v.data_ptr() if self._gpu_tables else v.ctypes.data
+                b.bind_output(name, device, 0, np.float32, tuple(v.shape), ptr)
+            self._bindings[key] = b
         return b
 
     def _clear(self, rows: np.ndarray) -> None:
@@ -356,27 +356,51 @@ class OrtStepRunner(StepRunner):
             for t in self._tables:
                 t.index_fill_(0, ii, 0.0)
         else:
-            for t in self._tables:
-                t[rows] = 0.0
+            for page in self._pages:
+                for t in page:
+                    t[rows] = 0.0
+            self._side[rows] = 0
 
     def _advance(self, rows: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        n = rows.shape[0]
+        """Host path. A slot's state lives in page ``side[slot]``. When the stepped slots are a
+        contiguous range on one page (any order), ONNX Runtime reads that page and writes the other
+        in place and the slots flip pages: no gather, no scatter. Otherwise their state is gathered
+        into buffers and the result written back to the page it came from."""
         if self._gpu_tables:
             return self._advance_cuda(rows, frames)
-        b = self._binding(n)
+        n = rows.shape[0]
+        order = np.argsort(rows) if n > 1 else np.zeros(1, dtype=np.int64)
+        first, side = int(rows[order[0]]), self._side[rows]
+        outs = self._outs[:2]
+        if int(rows[order[-1]]) - first == n - 1 and (side == side[0]).all():
+            p, span = int(side[0]), slice(first, first + n)
+            np.take(frames, order, axis=0, out=self._frames[:n])
+            ins = [self._frames[:n], *(t[span] for t in self._pages[p])]
+            nxt = [o[:n] for o in outs] + [t[span] for t in self._pages[1 - p]]
+            self.session.run_with_iobinding(self._bind((first, n, p), ins, nxt))
+            self._side[span] = 1 - p
+            out, counts = np.empty((n, outs[0].shape[1]), np.float32), np.empty((n, outs[1].shape[1]), np.float32)
+            out[order], counts[order] = outs[0][:n], outs[1][:n]
+            return out, counts, np.ones(n, dtype=bool)
         np.copyto(self._frames[:n], frames)
-        for table, buf in zip(self._tables, self._ins):
-            np.take(table, rows, axis=0, out=buf[:n])
-        self.session.run_with_iobinding(b)
-        for table, buf in zip(self._tables, self._outs[2:]):
-            table[rows] = buf[:n]
-        return self._outs[0][:n].copy(), self._outs[1][:n].copy(), np.ones(n, dtype=bool)
+        on = [np.flatnonzero(side == p) for p in (0, 1)]
+        for k, buf in enumerate(self._ins):
+            for p in (0, 1):
+                if on[p].size:
+                    buf[on[p]] = self._pages[p][k][rows[on[p]]]
+        ins = [self._frames[:n], *(b[:n] for b in self._ins)]
+        self.session.run_with_iobinding(self._bind(n, ins, [o[:n] for o in self._outs]))
+        for k, buf in enumerate(self._outs[2:]):
+            for p in (0, 1):
+                if on[p].size:
+                    self._pages[p][k][rows[on[p]]] = buf[on[p]]
+        return outs[0][:n].copy(), outs[1][:n].copy(), np.ones(n, dtype=bool)
 
     def _advance_cuda(
         self, rows: np.ndarray, frames: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = rows.shape[0]
-        b = self._binding(n)
+        b = self._bind(n, [self._frames[:n], *(t[:n] for t in self._ins)], [o[:n] for o in self._outs])
         ii = torch.from_numpy(rows).cuda()
         self._frames[:n].copy_(torch.from_numpy(frames))
         for table, buf in zip(self._tables, self._ins):

@@ -201,7 +201,34 @@ def test_outputs_sops_energy_and_memory(bundles, frames_for):
     np.testing.assert_allclose(res.sops, res.counts @ np.asarray(e.fanout), rtol=1e-5)
     np.testing.assert_allclose(res.energy_j, e.e_mac_j * e.first_layer_macs + e.e_ac_j * res.sops, rtol=1e-5)
     # conv h: 8*32*32 + 16*16*16 + 16*8*8, fc h: 64 + 5; causal ASA: (8+1) + (16+1) + (16+1)
-    assert r.bytes_per_stream() == 4 * (8192 + 4096 + 1024 + 64 + 5 + 9 + 17 + 17)
+    state = 4 * (8192 + 4096 + 1024 + 64 + 5 + 9 + 17 + 17)
+    assert r.bytes_per_stream() == 2 * state  # two host pages (see OrtStepRunner._advance)
+    assert runner(b, "torch").bytes_per_stream() == state
+
+
+def test_host_pages_direct_and_gathered_steps_agree(bundles, frames_for):
+    """The ONNX host runner steps a contiguous range of slots on one page in place (the slots flip
+    pages) and gathers any other composition; both must give what a lone stream gets."""
+    b = bundles["tiny-causal"]
+    frames = frames_for(b, 8, 4, seed=3)
+    r, solo = runner(b, "onnx"), runner(b, "onnx")
+    slots = [r.open() for _ in range(4)]
+    plan = [[2, 0, 1], [1, 3], [0, 1, 2, 3], [3, 2], [0, 2], [1, 0, 3, 2], [3], [0, 1, 2, 3]]
+    sides, got = [], {i: [] for i in range(4)}
+    for batch in plan:
+        res = r.step([slots[i] for i in batch], np.stack([frames[len(got[i]), i] for i in batch]))
+        for row, i in enumerate(batch):
+            got[i].append(res.out[row])
+        sides.append(r._side[:4].copy())
+    assert (sides[0] == [1, 1, 1, 0]).all()  # direct: [2, 0, 1] is a range on page 0
+    assert (sides[1] == sides[0]).all()  # gathered: 1 and 3 are neither a range nor on one page
+    for i in range(4):
+        s = solo.open()
+        for t, out in enumerate(got[i]):
+            np.testing.assert_array_equal(out, solo.step([s], frames[t, i][None]).out[0])
+        solo.close(s)
+    r.close(slots[0])
+    assert r._side[slots[0]] == 0 and not any(p[0][slots[0]].any() for p in r._pages)
 
 
 def test_provider_choice():
