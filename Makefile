@@ -24,5 +24,7 @@ serve: install
 	$(BIN)/python -m service.client.wait http://127.0.0.1:8000/readyz 120 && \
 	$(BIN)/asasnn stream synthetic --url ws://127.0.0.1:8000/ws/infer --every 5
 
+# Lint first (seconds), then the suite.
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q

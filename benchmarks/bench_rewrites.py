@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_runtime import SEQUENCE, _machine, _measure, untrained_net
+from benchmarks.bench_runtime import SEQUENCE, _machine, _measure
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,12 +70,13 @@ def run(model: str = "gesture3", batch: int = 1, threads: int = 1, budget: float
     import numpy as np
     import torch
 
+    from models.runtime.calibrate import untrained_network
     from models.runtime.export import export_onnx, random_frames
     from models.runtime.rewrite import fold_batchnorm
     from models.runtime.runner import make_session
 
     torch.set_num_threads(threads)
-    net = untrained_net(model)
+    net = untrained_network(model)
     seq = random_frames(SEQUENCE, batch, (net.cfg.in_channels, *net.cfg.input_size), seed=batch)
     names, shapes = net.state_names(), net.state_shapes()
 

@@ -96,23 +96,6 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def untrained_net(preset_name: str, attention: str = "causal-asa"):
-    """A network of the preset (11 classes), seed 0, calibrated so that every layer spikes."""
-    import torch
-
-    from models.attention import AttentionConfig
-    from models.config import preset
-    from models.network import SpikingNet
-    from models.runtime.calibrate import calibrate_untrained
-    from models.runtime.export import random_frames
-
-    torch.manual_seed(0)
-    cfg = preset(preset_name, 11, AttentionConfig(kind=attention))
-    net = SpikingNet(cfg).eval()
-    calibrate_untrained(net, torch.from_numpy(random_frames(16, 4, (2, *cfg.input_size))))
-    return net
-
-
 def _bundle(name: str, workdir: Path):
     """(label, bundle) for a model name; exports calibrated untrained networks when needed."""
     from models.runtime.bundle import load_bundle
@@ -126,7 +109,9 @@ def _bundle(name: str, workdir: Path):
             b,
         )
     preset_name = "tiny" if name == "default" else name
-    net = untrained_net(preset_name)
+    from models.runtime.calibrate import untrained_network
+
+    net = untrained_network(preset_name)
     cfg = net.cfg
     sensor = (cfg.input_size[1] * 4, cfg.input_size[0] * 4)
     card = build_card(net, classes=[f"c{i}" for i in range(11)], sensor=sensor, ds=4, dt_us=15_000)

@@ -94,7 +94,13 @@ class TrainConfig:
 
     # ---- derived objects ------------------------------------------------------------------------
     def attention_config(self) -> AttentionConfig:
-        kw: dict[str, Any] = dict(kind=self.attention, variant=self.variant, lam=self.lam, grad=self.grad, rho=self.rho)
+        kw: dict[str, Any] = {
+            "kind": self.attention,
+            "variant": self.variant,
+            "lam": self.lam,
+            "grad": self.grad,
+            "rho": self.rho,
+        }
         if self.r is not None:
             kw["r"] = self.r
         return AttentionConfig(**kw)
@@ -128,7 +134,7 @@ class TrainConfig:
     def from_yaml(cls, path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
         data = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: a training config is a YAML mapping")
+            raise ValueError(f"{path}: a training config is a YAML mapping")  # noqa: TRY004 (bad content, not a bad argument)
         return (base or cls()).merged(data)
 
     def merged(self, overrides: dict[str, Any]) -> TrainConfig:

@@ -180,8 +180,10 @@ def format_table(s: dict[str, Any]) -> str:
     lines = [
         f"recordings {s['recordings']}, clips {s['clips']} ({s['clips_per_recording']:g} per recording), T={s['timesteps']}",
         f"accuracy: {100 * s['accuracy']['clip']:.2f} % per clip, {100 * s['accuracy']['vote']:.2f} % by majority vote",
-        f"NASFR {s['nasfr']:.4f}   spikes/sample {s['spikes_per_sample']:.1f}   "
-        f"SOPs/sample {s['sops_per_sample']:.4g}   energy/sample {1e6 * s['energy_j_per_sample']:.4f} uJ",
+        (
+            f"NASFR {s['nasfr']:.4f}   spikes/sample {s['spikes_per_sample']:.1f}   "
+            f"SOPs/sample {s['sops_per_sample']:.4g}   energy/sample {1e6 * s['energy_j_per_sample']:.4f} uJ"
+        ),
         "",
         f"{'layer':<8}{'neurons':>10}{'rate':>10}{'spikes/sample':>16}{'SOPs/sample':>14}",
     ]

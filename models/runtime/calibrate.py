@@ -6,6 +6,7 @@ time a network unlike a trained one. :func:`calibrate_untrained` walks the layer
 the currents the layer receives on sample frames, sets each conv block's BatchNorm statistics (and
 each linear layer's weight scale) so that the pre-LIF current has standard deviation ``gain`` and
 mean ``shift``. Used by the tests, the benchmarks and smoke bundles; never by training.
+:func:`untrained_network` builds and calibrates a preset in one call.
 """
 
 from __future__ import annotations
@@ -41,6 +42,20 @@ def calibrate_untrained(net: SpikingNet, frames: Tensor, gain: float = 0.6, shif
             std = float(x.std()) or 1.0
             target.weight.mul_(gain / std)
     return net
+
+
+def untrained_network(
+    preset_name: str, attention: str = "causal-asa", num_classes: int = 11, seed: int = 0
+) -> SpikingNet:
+    """A calibrated untrained network of a preset (``models.config.preset``), seeded."""
+    from models.attention import AttentionConfig
+    from models.config import preset
+    from models.runtime.verify import random_frames
+
+    torch.manual_seed(seed)
+    cfg = preset(preset_name, num_classes, AttentionConfig(kind=attention))  # type: ignore[arg-type]
+    frames = torch.from_numpy(random_frames(16, 4, (cfg.in_channels, *cfg.input_size), seed=seed))
+    return calibrate_untrained(SpikingNet(cfg), frames)
 
 
 def _last_linear_or_conv(syn: nn.Module) -> nn.Module:

@@ -137,7 +137,7 @@ def test_spike_forward_is_heaviside_with_and_without_grad() -> None:
 def test_gradient_through_one_step() -> None:
     # X = 0.2 with H = 0.05: U = 0.25, |U - Vth| = 0.05 < a -> dS/dX = 2; S = 0.
     x = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
-    s, h, _ = lif_step(x, torch.tensor(0.05, dtype=torch.float64), PAPER)
+    s, _, _ = lif_step(x, torch.tensor(0.05, dtype=torch.float64), PAPER)
     assert s.item() == 0.0
     s.backward()
     assert x.grad is not None and x.grad.item() == pytest.approx(2.0)
@@ -216,3 +216,25 @@ def test_plif_decay_learns() -> None:
     with torch.no_grad():
         lif.w -= 1.0 * lif.w.grad
     assert lif.decay().item() < 0.3
+
+
+@pytest.mark.parametrize(
+    "p",
+    [PAPER, LIFParams(reset="soft"), LIFParams(v_reset=-0.1), LIFParams(v_th=0.5, beta=0.9)],
+    ids=["hard", "soft", "hard-vreset", "vth-beta"],
+)
+def test_forward_values_do_not_depend_on_gradients(p: LIFParams) -> None:
+    """Without gradients lif_step takes a shorter form (``u >= Vth``, no zero reset term); its
+    values must equal the autograd form's, including currents landing exactly on the threshold."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4096, generator=g) * 0.4
+    h = torch.randn(4096, generator=g) * 0.2
+    x[:512] = p.v_th - h[:512]  # u exactly at (or one rounding away from) the threshold
+    xg = x.clone().requires_grad_(True)
+    s_grad, h_grad, u_grad = lif_step(xg, h, p)
+    with torch.no_grad():
+        s, h_next, u = lif_step(x, h, p)
+    assert s_grad.requires_grad and not s.requires_grad
+    assert torch.equal(s, s_grad.detach()) and torch.equal(u, u_grad.detach())
+    assert torch.equal(h_next, h_grad.detach())  # == compares values: -0.0 equals 0.0
+    assert s[:512].sum() > 0  # the threshold cases fire (u >= Vth), so they are really exercised

@@ -57,7 +57,16 @@ def keep_torch_threads():
 
 
 def small(run_dir, **kw):
-    base = dict(timesteps=8, dt_us=20_000, ds=2, batch_size=16, lr=5e-3, weight_decay=0.0, test_clips=2, threads=1)
+    base = {
+        "timesteps": 8,
+        "dt_us": 20_000,
+        "ds": 2,
+        "batch_size": 16,
+        "lr": 5e-3,
+        "weight_decay": 0.0,
+        "test_clips": 2,
+        "threads": 1,
+    }
     return TrainConfig(run_dir=str(run_dir), **{**base, **kw})
 
 

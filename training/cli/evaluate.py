@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         net, info = load_model(args.model)
-    except Exception as err:  # missing file, not a checkpoint, a bundle that does not validate, ...
+    except Exception as err:  # noqa: BLE001 (missing file, not a checkpoint, a bundle that does not validate, ...)
         print(f"asasnn eval: cannot load {args.model}: {type(err).__name__}: {str(err).splitlines()[0][:300]}", file=sys.stderr)
         return 2
     if not info.get("train_config"):

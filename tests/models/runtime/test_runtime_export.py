@@ -11,35 +11,9 @@ from runtime_support import CLASSES, make_net
 from safetensors.torch import load_file, save_file
 
 import models.runtime.export as E
-import models.runtime.rewrite as R
 from models.runtime.bundle import WEIGHTS_FILE, load_bundle
 from models.runtime.runner import make_session
 from training.cli import export as cli
-
-
-@pytest.mark.parametrize("fold_pool", (False, True))
-def test_folding_keeps_the_function_and_the_original(bundles, frames_for, fold_pool):
-    b = bundles["tiny-causal"]
-    folded = R.fold_batchnorm(b.net, fold_pool=fold_pool)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
-    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in b.net.modules()) == 3  # untouched
-    pools = sum(isinstance(m, torch.nn.AvgPool2d) for m in folded.modules())
-    assert pools == (0 if fold_pool else 2)
-    if fold_pool:  # conv2, conv3: 3x3 conv + 2x2 average pool -> 4x4 stride-2 conv
-        conv = folded.layers[1].synapse[0]
-        assert conv.kernel_size == (4, 4) and conv.stride == (2, 2) and conv.padding == (1, 1)
-    x = torch.from_numpy(frames_for(b, 10, 2, seed=4))
-    with torch.no_grad():
-        a, c = b.net(x), folded(x)
-    assert (a.counts.sum(-1) > 0).all()
-    assert torch.abs(a.counts - c.counts).sum() <= 1e-4 * a.counts.sum()
-    # the currents themselves agree to float32 rounding
-    spikes = (torch.rand(3, 8, 32, 32) < 0.3).float()
-    for i, inp in ((0, x[0]), (1, spikes)):
-        with torch.no_grad():
-            torch.testing.assert_close(
-                b.net.layers[i].synapse(inp), folded.layers[i].synapse(inp), rtol=1e-5, atol=1e-5
-            )
 
 
 def test_step_graph_io_and_dynamic_batch(bundles, frames_for):
@@ -177,14 +151,3 @@ def test_cli_rejects_bad_checkpoints(tmp_path, capsys):
     assert cli.run(_args(checkpoint=str(tmp_path / "w.pt"), output=str(tmp_path / "o"))) == 2
     assert "weights do not match the network config" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
-
-
-@pytest.mark.parametrize("channels", (1, 6, 7, 64))
-def test_pooled_spatial_map_equals_the_spatial_map(channels):
-    from models.attention import SpatialMap
-
-    torch.manual_seed(0)
-    sm = SpatialMap()
-    z = torch.randn(2, channels, 5, 6)
-    with torch.no_grad():
-        torch.testing.assert_close(R.PooledSpatialMap(sm)(z, 0.5), sm(z, 0.5), rtol=1e-6, atol=1e-6)

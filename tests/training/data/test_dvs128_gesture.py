@@ -84,7 +84,7 @@ def test_test_split_and_all(gesture):
 
 
 def test_switching_recordings_keeps_results(gesture):
-    root, events = gesture
+    root, _ = gesture
     ds = DVS128Gesture(root, "all")
     order = [5, 0, 3, 2, 1, 4, 0]
     first = {i: ds[i][0] for i in order}
@@ -117,7 +117,7 @@ def test_cache_fills_and_is_used(gesture, tmp_path):
 
 
 def test_cache_fills_on_first_use(gesture, tmp_path):
-    root, events = gesture
+    root, _ = gesture
     cache = tmp_path / "lazy"
     ds = DVS128Gesture(root, "train", cache_dir=cache)
     ev, _ = ds[2]
