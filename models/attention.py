@@ -207,25 +207,42 @@ class CausalASA(nn.Module):
         m = self.score(x)
         num = self.cfg.rho * num + m.detach()
         den = self.cfg.rho * den + 1
-        top_c = self.top_channels(m, int(self.channels * self.cfg.lam), dim=1)
+        m1, m2 = self._split(m, num, den)
+        return m1, m2, num, den
+
+    def _split(self, m: Tensor, num: Tensor, den: Tensor) -> tuple[Tensor, Tensor]:
+        """``M1, M2`` from the scores ``m [..., C]`` and the running statistics already updated with them."""
+        top_c = self.top_channels(m, int(self.channels * self.cfg.lam), dim=-1)
         mbar = num / den
         # ">=" with a relative tolerance: a channel whose input is steady sits exactly on its own
         # running mean, and float rounding (which differs between backends and with BN folding)
         # must not decide its group.
         top_t = m >= mbar - TIE_RTOL * mbar.abs()
         m1 = hard_mask(top_c ^ top_t, m, self.cfg.grad)
-        return m1, 1 - m1, num, den
+        return m1, 1 - m1
+
+    def _attend(self, x: Tensor, m1: Tensor, m2: Tensor) -> Tensor:
+        """``Xbar`` from ``x [N, C, H, W]`` and the masks ``[N, C]``."""
+        z1, z2 = x * m1[..., None, None], x * m2[..., None, None]
+        lam = self.cfg.lam
+        return self.sa1(z1, lam) * z1 + self.sa2(z2, 1 - lam) * z2
 
     def step(self, x: Tensor, num: Tensor, den: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         m1, m2, num, den = self.masks_step(x, num, den)
-        z1, z2 = x * m1[..., None, None], x * m2[..., None, None]
-        lam = self.cfg.lam
-        return self.sa1(z1, lam) * z1 + self.sa2(z2, 1 - lam) * z2, num, den
+        return self._attend(x, m1, m2), num, den
 
-    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def forward(
+        self, x: Tensor, state: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """The steps over ``x [T, B, C, H, W]`` at once: only the running statistics (``[B, C]``) are
+        a loop over t; scores, masks and spatial maps are computed for every t together."""
         num, den = self.init_state(x.shape[1], x) if state is None else state
-        out = []
-        for t in range(x.shape[0]):
-            y, num, den = self.step(x[t], num, den)
-            out.append(y)
-        return torch.stack(out), (num, den)
+        m = self.score(x)  # [T, B, C]
+        nums, dens = [], []
+        for mt in m.detach():
+            num, den = self.cfg.rho * num + mt, self.cfg.rho * den + 1
+            nums.append(num)
+            dens.append(den)
+        m1, m2 = self._split(m, torch.stack(nums), torch.stack(dens))
+        y = self._attend(x.flatten(0, 1), m1.flatten(0, 1), m2.flatten(0, 1))
+        return y.unflatten(0, x.shape[:2]), (num, den)
