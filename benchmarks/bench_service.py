@@ -34,12 +34,10 @@ import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +49,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import numpy as np
+
+from service.client.wait import free_port, http_get
 
 BUNDLED = REPO / "models" / "bundled"
 
@@ -71,20 +71,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # ---- the server ---------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
 def export_tiny(out: Path) -> Path:
     """The ``tiny`` causal-ASA network, untrained but calibrated so every layer spikes, as a bundle."""
     import torch
@@ -107,7 +93,7 @@ def export_tiny(out: Path) -> Path:
 @contextlib.contextmanager
 def server(model_dir: Path, env: list[str], log: Path) -> Iterator[str]:
     """``asasnn serve`` on a free loopback port; yields its WebSocket URL; SIGTERM on exit."""
-    port = _free_port()
+    port = free_port()
     extra = dict(kv.split("=", 1) for kv in env)
     penv = {
         **{k: v for k, v in os.environ.items() if not k.startswith("ASASNN_")},
@@ -125,7 +111,7 @@ def server(model_dir: Path, env: list[str], log: Path) -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not become ready:\n{log.read_text()[-3000:]}")
             with contextlib.suppress(OSError):
-                if _get(f"http://127.0.0.1:{port}/readyz", 2)[0] == 200:
+                if http_get(f"http://127.0.0.1:{port}/readyz", 2)[0] == 200:
                     break
             time.sleep(0.2)
         yield f"ws://127.0.0.1:{port}/ws/infer"
@@ -141,7 +127,7 @@ def scrape(url: str) -> dict[str, float]:
     """``/metrics`` as {sample name with labels: value}."""
     from service.client.api import http_base
 
-    _, body = _get(http_base(url) + "/metrics")
+    _, body = http_get(http_base(url) + "/metrics")
     out = {}
     for line in body.decode().splitlines():
         if line and not line.startswith("#"):
@@ -267,7 +253,7 @@ def _pct(xs: list[float]) -> dict[str, float]:
 async def run_streams(url: str, args: argparse.Namespace) -> dict[str, Any]:
     from service.client.api import http_base
 
-    _, body = _get(http_base(url) + "/v1/models")
+    _, body = http_get(http_base(url) + "/v1/models")
     models = json.loads(body)
     card = next(m for m in models["models"] if m["name"] == models["default"])
     sensor = (card["sensor"]["width"], card["sensor"]["height"])

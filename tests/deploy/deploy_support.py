@@ -15,7 +15,6 @@ import functools
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from service.client.wait import free_port, http_get
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -102,20 +103,6 @@ def require_venv_tool(name: str, pip_package: str) -> str:
 
 
 # ---- processes and HTTP -------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
 def log_tail(log: Path | None, n: int = 4000) -> str:
     return log.read_text(errors="replace")[-n:] if log is not None and log.exists() else ""
 

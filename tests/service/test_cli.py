@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ import time
 import httpx
 
 from asasnn.cli import main
+from service.client.wait import free_port
 
 
 def test_serve_without_a_model_says_how_to_get_one(tmp_path, capsys):
@@ -29,10 +29,7 @@ def test_serve_refuses_bad_settings(model_dir, capsys):
 
 
 def test_serve_starts_from_the_command_line(model_dir, tmp_path):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     cfg = tmp_path / "serve.toml"
     cfg.write_text(f"port = {port}\nmax_sessions = 3\n")
     env = {**os.environ, "ASASNN_API_KEYS": "env-key-12345", "ASASNN_BACKEND": "torch"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from models.events import EVENT_DTYPE, write_numpy
 from service.client import cli
 from service.client.api import http_base, ws_url
 from service.client.sources import Pacer, open_source, parse_synthetic, split_packets, split_random
+from service.client.wait import free_port
 from tests.service.helpers import SENSOR, events
 
 
@@ -153,10 +153,7 @@ time.sleep(120)
 
 
 def test_dv_network_source(gesture, tmp_path):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     part = gesture[:5000]
     np.save(tmp_path / "part.npy", part)
     proc = subprocess.Popen(
@@ -196,10 +193,7 @@ def test_stream_cli_synthetic_and_file(server, tmp_path, gesture, capsys):
 def test_stream_cli_errors(tmp_path, capsys, server):
     assert cli.run(parse(str(tmp_path / "nope.npz"), "--url", server.ws)) == 2
     assert "cannot open source" in capsys.readouterr().err
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     assert cli.run(parse("synthetic:1", "--fast", "--url", f"ws://127.0.0.1:{port}/ws/infer")) == 1
     assert "cannot start a session" in capsys.readouterr().err
     assert cli.run(parse("synthetic:1", "--fast", "--url", server.ws, "--model", "nope")) == 1
