@@ -171,7 +171,7 @@ class AttentionRecorder:
                         steps.append(m)
                     m1 = torch.stack(steps)
             self._add_masks(i, m1.detach().round().cpu())
-            self._flush_maps(i, x.shape[0])
+            self._flush_maps(i, x.shape[1])
 
         return hook
 
@@ -197,8 +197,12 @@ class AttentionRecorder:
         take = max(0, min(self.keep - have, x.shape[0]))
         return x[:take] if take else None
 
-    def _flush_maps(self, i: int, t: int) -> None:
-        groups = [torch.stack(g, dim=1) if g else None for g in self._pending[i]]  # [B, T', 1, H, W]
+    def _flush_maps(self, i: int, batch: int) -> None:
+        # A map module runs once per window (paper ASA: [B, 1, H, W]) or over every timestep, whether
+        # one call per t or one call on [T*B, ...] (causal ASA); both orders are t-major.
+        groups = [
+            torch.cat(g).unflatten(0, (-1, batch)).transpose(0, 1) if g else None for g in self._pending[i]
+        ]  # [B, T', 1, H, W]
         self._pending[i] = [[], []]
         if any(g is None for g in groups):
             return
