@@ -185,13 +185,16 @@ class StreamASA(CausalASA):
     * the channel means ``(G / (C * share)) @ X``: a batched matrix product, without the masked copies;
     * both spatial maps: one grouped 3x3 convolution and one sigmoid over ``[mean, max]`` per group;
     * ``Xbar = a1 * z1 + a2 * z2 = X * (G^T @ [a1; a2])``: exactly, since each channel is in one group.
+
+    ``onnx_topk`` ranks the channels with :func:`top_k_mask` (for graphs ONNX Runtime runs); without
+    it, with :func:`~models.attention.rank_mask` as the original does (for running in PyTorch).
     """
 
-    top_channels = staticmethod(top_k_mask)
-
-    def __init__(self, asa: CausalASA) -> None:
+    def __init__(self, asa: CausalASA, onnx_topk: bool = True) -> None:
         super().__init__(asa.channels, asa.cfg)
         self.load_state_dict(asa.state_dict())
+        if onnx_topk:
+            self.top_channels = top_k_mask
         c, lam = asa.channels, asa.cfg.lam
         self.register_buffer("mean_weight", torch.tensor([1 / (c * lam), 1 / (c * (1 - lam))]).view(1, 2, 1))
         self.register_buffer("map_weight", torch.cat([asa.sa1.conv.weight, asa.sa2.conv.weight]).detach())
@@ -208,11 +211,11 @@ class StreamASA(CausalASA):
         return x * gain.view_as(x), num, den
 
 
-def stream_asa(net: SpikingNet) -> SpikingNet:
+def stream_asa(net: SpikingNet, onnx_topk: bool = True) -> SpikingNet:
     """Replace every :class:`~models.attention.CausalASA` of ``net`` (in place) by :class:`StreamASA`."""
     for layer in net.layers:
         if type(layer.attention) is CausalASA:
-            layer.attention = StreamASA(layer.attention)
+            layer.attention = StreamASA(layer.attention, onnx_topk)
     return net
 
 
@@ -260,15 +263,19 @@ def spike_driven_linears(net: SpikingNet, min_weights: int = SPIKE_DRIVEN_MIN_WE
 @dataclass(frozen=True)
 class Rewrites:
     """Which rewrites :func:`inference_graph` applies (all by default; BatchNorm is always folded).
-    Switching them off one by one is what ``benchmarks/bench_rewrites.py`` measures."""
+    Switching them off one by one is what ``benchmarks/bench_rewrites.py`` measures. ``onnx_topk``:
+    causal ASA ranks channels with ONNX TopK semantics (for export); off for running in PyTorch,
+    whose ``topk`` does not promise how ties are ranked."""
 
     fold_pool: bool = True
     pooled_maps: bool = True
     stream_asa: bool = True
     spike_driven: bool = True
+    onnx_topk: bool = True
 
 
 ALL_REWRITES = Rewrites()
+TORCH_REWRITES = Rewrites(onnx_topk=False)  # what TorchStepRunner(rewrite=True) runs
 
 
 def inference_graph(net: SpikingNet, rewrites: Rewrites = ALL_REWRITES) -> SpikingNet:
@@ -279,7 +286,7 @@ def inference_graph(net: SpikingNet, rewrites: Rewrites = ALL_REWRITES) -> Spiki
     if rewrites.pooled_maps:
         pooled_maps(model)
     if rewrites.stream_asa:
-        stream_asa(model)
+        stream_asa(model, rewrites.onnx_topk)
     if rewrites.spike_driven:
         spike_driven_linears(model)
     return model

@@ -35,6 +35,7 @@ import heapq
 import math
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -185,7 +186,10 @@ def _resolve_device(device: Device) -> str:
 
 class TorchStepRunner(StepRunner):
     """PyTorch backend (CPU or CUDA). ``compile=True`` wraps the step in ``torch.compile``, compiled
-    once per power-of-two batch size (about a minute each on a 2-core CPU; CUDA graphs on a GPU)."""
+    once per power-of-two batch size (about a minute each on a 2-core CPU; CUDA graphs on a GPU).
+    ``rewrite=True`` runs the export's inference rewrites (models/runtime/rewrite.py) instead of the
+    network as trained: pools folded into the convolutions, fused causal ASA (ranking ties as the
+    original), spike-driven FC layers on the CPU; the default is the BatchNorm fold alone."""
 
     def __init__(
         self,
@@ -195,11 +199,18 @@ class TorchStepRunner(StepRunner):
         capacity: int = 8,
         fold_bn: bool = True,
         compile: bool = False,
+        rewrite: bool = False,
     ) -> None:
-        from models.runtime.rewrite import fold_batchnorm
+        from models.runtime.rewrite import TORCH_REWRITES, fold_batchnorm, inference_graph
 
         self.device = torch.device(_resolve_device(device))
-        model = fold_batchnorm(net) if fold_bn else copy.deepcopy(net).eval().requires_grad_(False)
+        if rewrite:  # the export's rewrites, ranking ties as the original; no data-dependent shapes on a GPU
+            rewrites = replace(TORCH_REWRITES, spike_driven=self.device.type == "cpu")
+            model = inference_graph(net, rewrites)
+        elif fold_bn:
+            model = fold_batchnorm(net)
+        else:
+            model = copy.deepcopy(net).eval().requires_grad_(False)
         self.net = model.to(self.device)
         self._state: list[torch.Tensor] = []
         self.compiled = compile
@@ -422,13 +433,14 @@ def load_runner(
     capacity: int = 8,
     threads: int | None = None,
     compile: bool = False,
+    rewrite: bool = False,
     hop: int | None = None,
 ) -> StepRunner:
     """A runner for a bundle. Step-mode bundles give :class:`OrtStepRunner` / :class:`TorchStepRunner`;
     window-mode bundles (paper ASA, SA) a :class:`~models.runtime.window.WindowRunner` with the same
     interface. ``capacity``: initial slots (the table grows); ``threads``: ONNX Runtime intra-op
-    threads (default: all cores); ``compile``: ``torch.compile`` (torch backend, step mode);
-    ``hop``: window mode, evaluate every ``hop`` steps (default: the card's)."""
+    threads (default: all cores); ``compile``: ``torch.compile`` and ``rewrite``: the export's
+    inference rewrites (torch backend, step mode; see :class:`TorchStepRunner`); ``hop``: window mode, evaluate every ``hop`` steps (default: the card's)."""
     if backend not in ("torch", "onnx"):
         raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
     if isinstance(bundle_dir, Bundle):
@@ -440,7 +452,7 @@ def load_runner(
 
         return WindowRunner.from_bundle(bundle, backend, device, capacity=capacity, threads=threads, hop=hop)
     if backend == "torch":
-        return TorchStepRunner(bundle.net, bundle.card, device, capacity, compile=compile)
+        return TorchStepRunner(bundle.net, bundle.card, device, capacity, compile=compile, rewrite=rewrite)
     return OrtStepRunner(bundle.onnx_path, bundle.card, bundle.net, device, capacity, threads=threads)
 
 

@@ -90,11 +90,16 @@ def test_step_loops_agree_with_the_training_forward(bundles, frames_for, key):
     assert _agreement(ref_spikes, ort_spikes) >= MIN_AGREEMENT
 
     # the public runners: out / counts per step against the training forward
-    for backend in BACKENDS:
-        out, counts = _run(runner(b, backend), frames)
-        assert np.mean(out == ref.out.numpy()) >= MIN_AGREEMENT, backend
+    for backend, kw in (("torch", {}), ("onnx", {}), ("torch", {"rewrite": True})):
+        r = runner(b, backend, **kw)
+        out, counts = _run(r, frames)
+        assert np.mean(out == ref.out.numpy()) >= MIN_AGREEMENT, (backend, kw)
         total = ref.counts.sum().item()
-        assert np.abs(counts - ref.counts.numpy()).sum() <= 1e-4 * total, backend
+        assert np.abs(counts - ref.counts.numpy()).sum() <= 1e-4 * total, (backend, kw)
+    rewritten = [type(m).__name__ for m in r.net.modules()]
+    assert "BatchNorm2d" not in rewritten and "AvgPool2d" not in rewritten  # really the rewritten graph
+    if b.net.cfg.attention.kind == "causal-asa":
+        assert "StreamASA" in rewritten
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
