@@ -7,7 +7,7 @@ all; docs/performance.md measures what each one buys.
 
 * :func:`fold_batchnorm`: BatchNorm into the convolution, and optionally a following 2x2 average
   pool (a 4x4 stride-2 convolution, 2.25x fewer multiply-accumulates). The PyTorch runners use the
-  BatchNorm fold alone.
+  BatchNorm fold alone unless asked for the rewrites (``TorchStepRunner(rewrite=True)``).
 * :class:`PooledSpatialMap`: an attention spatial map's channel mean and max without a reduction
   over the middle axis.
 * :class:`StreamASA`: causal ASA with its two channel groups processed together and ONNX TopK for
@@ -229,7 +229,7 @@ class SpikeDrivenLinear(nn.Module):
     ``y = W[:, a] @ s[:, a]`` with ``a`` the inputs that spiked in any row of the batch: the same sums
     without the zero terms (their order may differ, within float32 rounding). At batch 1 a dense
     product reads the whole weight matrix for every step (gesture3's FC256: 8 MiB, memory bound);
-    this reads the active columns only (about a tenth at typical firing rates). Inputs must be
+    this reads the active columns only (a fifth or less at the firing rates measured here). Inputs must be
     non-negative, as spikes are; with many streams the union of active inputs approaches all of them.
     """
 
