@@ -197,7 +197,7 @@ def _row(model: str, backend: str, batch: int, ms: list[float]) -> Row:
 def run(
     models: tuple[str, ...] = ("default", "gesture3"),
     batches: tuple[int, ...] = (1, 8, 32, 128),
-    backends: tuple[str, ...] = ("onnx", "torch"),
+    backends: tuple[str, ...] = ("onnx", "torch", "torch-rewritten"),
     threads: int = 2,
     budget: float = 2.0,
     window: bool = True,

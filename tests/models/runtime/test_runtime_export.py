@@ -151,3 +151,13 @@ def test_cli_rejects_bad_checkpoints(tmp_path, capsys):
     assert cli.run(_args(checkpoint=str(tmp_path / "w.pt"), output=str(tmp_path / "o"))) == 2
     assert "weights do not match the network config" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_step_graph_carries_the_rewrites(bundles):
+    """gesture3's shipped graph is the rewritten network: no BatchNorm or average pool left, ONNX TopK
+    for causal ASA's ranking instead of the C x C comparison, and a spike-driven FC256."""
+    ops = {n.op_type for n in onnx.load(str(bundles["gesture3-causal"].onnx_path)).graph.node}
+    assert not ops & {"BatchNormalization", "AveragePool"}
+    assert {"TopK", "NonZero", "Gather"} <= ops
+    tiny_ops = {n.op_type for n in onnx.load(str(bundles["tiny-causal"].onnx_path)).graph.node}
+    assert "TopK" in tiny_ops and "NonZero" not in tiny_ops  # FC64 stays dense (below the size)

@@ -1,0 +1,32 @@
+"""The benchmark scripts run end to end on a small network (numbers are not checked: timings are not
+tests; what is checked is that every row is there and that the rewritten graphs agree)."""
+
+from __future__ import annotations
+
+import math
+
+from asasnn.bench import SCRIPTS, _load
+
+
+def test_bench_runtime_runs_every_backend():
+    bench = _load(SCRIPTS["runtime"])
+    result = bench.run(
+        models=("tiny",), batches=(1, 3), threads=1, budget=0.2, window=True, log=lambda *a: None
+    )
+    rows = {(r["backend"].split(" (")[0], r["batch"]) for r in result["rows"]}
+    for backend in ("onnx", "torch eager", "torch rewritten", "window"):
+        assert {(backend, 1), (backend, 3)} <= rows
+    assert all(r["median_ms"] > 0 and math.isfinite(r["p99_ms"]) for r in result["rows"])
+    (info,) = result["models"].values()
+    assert info["bytes_per_stream"]["onnx"] == 2 * info["bytes_per_stream"]["torch eager"]
+    text = bench.format_markdown(result)
+    assert "| torch eager / onnx | torch rewritten / onnx |" in text
+
+
+def test_bench_rewrites_graphs_agree_with_torch():
+    bench = _load(SCRIPTS["rewrites"])
+    result = bench.run("tiny", batch=2, threads=1, budget=0.2, log=lambda *a: None)
+    graphs = [r for r in result["rows"] if r["count_mismatch"] is not None]
+    assert len(graphs) == 5
+    assert all(r["count_mismatch"] <= 1e-3 for r in graphs)  # spike counts of 16 steps vs torch
+    assert "torch eager step (baseline)" in bench.format_markdown(result)
