@@ -342,6 +342,7 @@ class OrtStepRunner(StepRunner):
             self._ins = [np.empty((rows, *s), dtype=np.float32) for s in self.state_shapes]
             self._outs = [np.empty((rows, *s), dtype=np.float32) for s in shapes]
         self._bindings: dict[Any, Any] = {}  # every binding points into the buffers or pages above
+        self._seen: set[tuple[int, int, int]] = set()  # slot ranges met once (see _direct)
 
     def _bind(self, key: Any, inputs: Sequence[Any], outputs: Sequence[Any]) -> Any:
         """The IO binding of these arrays (built once per ``key`` and reused: the bound memory is
@@ -360,6 +361,17 @@ class OrtStepRunner(StepRunner):
                 b.bind_output(name, device, 0, np.float32, tuple(v.shape), ptr)
             self._bindings[key] = b
         return b
+
+    def _direct(self, key: tuple[int, int, int]) -> bool:
+        """Whether to step the slot range ``key = (first, n, page)`` in place. Building its binding
+        costs about as much as one gathered step, so a range gets one on its second call; a one-off
+        composition is gathered."""
+        if key in self._bindings or key in self._seen:
+            return True
+        if len(self._seen) > 4096:
+            self._seen.clear()
+        self._seen.add(key)
+        return False
 
     def _clear(self, rows: np.ndarray) -> None:
         if self._gpu_tables:
@@ -383,7 +395,8 @@ class OrtStepRunner(StepRunner):
         order = np.argsort(rows) if n > 1 else np.zeros(1, dtype=np.int64)
         first, side = int(rows[order[0]]), self._side[rows]
         outs = self._outs[:2]
-        if int(rows[order[-1]]) - first == n - 1 and (side == side[0]).all():
+        contiguous = int(rows[order[-1]]) - first == n - 1 and (side == side[0]).all()
+        if contiguous and self._direct((first, n, int(side[0]))):
             p, span = int(side[0]), slice(first, first + n)
             np.take(frames, order, axis=0, out=self._frames[:n])
             ins = [self._frames[:n], *(t[span] for t in self._pages[p])]
