@@ -36,6 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-sessions", type=int, help="concurrent WebSocket sessions (default 64)")
     p.add_argument("--max-batch", type=int, help="most streams per model call (default 64)")
+    p.add_argument(
+        "--torch-rewrite",
+        action="store_true",
+        default=None,
+        help="torch backend: run the export's inference rewrites (pools folded, fused causal ASA)",
+    )
     p.add_argument("--step-threads", type=int, help="threads of one model call (default: all cores but one)")
     p.add_argument("--max-packet-bytes", type=int, help="largest binary event packet (default 4 MiB)")
     p.add_argument("--max-events-per-second", type=float, help="per-session event rate limit (default 5e6)")
@@ -70,6 +76,7 @@ _FIELDS = (
     "default_model",
     "device",
     "backend",
+    "torch_rewrite",
     "api_keys",
     "max_sessions",
     "max_batch",

@@ -57,18 +57,24 @@ class ModelRegistry:
     default_name: str | None = None
     backend: str = "auto"
     device: str = "auto"
+    torch_rewrite: bool = False  # torch backend: load_runner(..., rewrite=True)
     entries: dict[str, ModelEntry] = field(default_factory=dict)
 
     @classmethod
     def scan(
-        cls, model_dir: Path, default: str | None = None, backend: str = "auto", device: str = "auto"
+        cls,
+        model_dir: Path,
+        default: str | None = None,
+        backend: str = "auto",
+        device: str = "auto",
+        torch_rewrite: bool = False,
     ) -> ModelRegistry:
         """Find the bundles (nothing is loaded yet). Raises :class:`NoModels` with a how-to-fix message."""
         root = Path(model_dir).expanduser()
         if not root.is_dir():
             raise NoModels(_missing_message(root))
         root = root.resolve()
-        reg = cls(root, None, backend, device)
+        reg = cls(root, None, backend, device, torch_rewrite)
         if is_bundle(root):
             reg.entries[_safe_name(root.name)] = ModelEntry(_safe_name(root.name), root)
         else:
@@ -107,7 +113,9 @@ class ModelRegistry:
                 continue
             try:
                 e.backend = resolve_backend(self.backend, e.path)
-                kw = {} if threads is None else {"threads": threads}
+                kw: dict[str, object] = {} if threads is None else {"threads": threads}
+                if e.backend == "torch" and self.torch_rewrite:
+                    kw["rewrite"] = True
                 e.runner = loader(e.path, backend=e.backend, device=self.device, **kw)
             except Exception as exc:  # noqa: BLE001 - one broken bundle must not hide the others
                 e.error = f"{type(exc).__name__}: {exc}"

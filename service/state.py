@@ -47,7 +47,7 @@ class ServiceState:
 
     async def start(self) -> None:
         s = self.settings
-        self.registry = ModelRegistry.scan(s.model_dir, s.default_model, s.backend, s.device)
+        self.registry = ModelRegistry.scan(s.model_dir, s.default_model, s.backend, s.device, s.torch_rewrite)
         self.engine = Engine(self.metrics)
         self.engine.start()
         self._load_task = asyncio.get_running_loop().create_task(self._load(), name="asasnn-load-models")

@@ -80,3 +80,24 @@ def test_registry_default_and_missing(model_dir, tmp_path):
         ModelRegistry.scan(model_dir, default="x")
     with pytest.raises(NoModels, match="asasnn export"):
         ModelRegistry.scan(tmp_path / "nothing-here")
+
+
+def test_registry_torch_rewrite_reaches_the_runner(model_dir):
+    def modules(reg: ModelRegistry) -> set[str]:
+        reg.load_all(threads=1)
+        return {type(m).__name__ for m in reg.entries["default"].runner.net.modules()}
+
+    plain = modules(ModelRegistry.scan(model_dir, backend="torch", device="cpu"))
+    rewritten = modules(ModelRegistry.scan(model_dir, backend="torch", device="cpu", torch_rewrite=True))
+    assert "AvgPool2d" in plain and "AvgPool2d" not in rewritten  # pools folded into the convolutions
+
+    calls: list[dict] = []
+
+    def loader(path, backend, device, **kw):
+        calls.append({"backend": backend, **kw})
+        return object()
+
+    ModelRegistry.scan(model_dir, backend="torch", torch_rewrite=True).load_all(loader)
+    ModelRegistry.scan(model_dir, backend="torch").load_all(loader)
+    step = [c for c in calls if "rewrite" in c]
+    assert len(step) == len(calls) // 2 and all(c["rewrite"] is True for c in step)
