@@ -73,18 +73,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # ---- the server ---------------------------------------------------------------------------------------
 def export_tiny(out: Path) -> Path:
     """The ``tiny`` causal-ASA network, untrained but calibrated so every layer spikes, as a bundle."""
-    import torch
-
-    from models.attention import AttentionConfig
-    from models.config import preset
-    from models.network import SpikingNet
-    from models.runtime.calibrate import calibrate_untrained
-    from models.runtime.export import build_card, export_bundle, random_frames
+    from models.runtime.calibrate import untrained_network
+    from models.runtime.export import build_card, export_bundle
     from models.synthetic import CLASSES
 
-    torch.manual_seed(0)
-    net = SpikingNet(preset("tiny", len(CLASSES), attention=AttentionConfig(kind="causal-asa")))
-    calibrate_untrained(net, torch.from_numpy(random_frames(4, 2, (2, *net.cfg.input_size), seed=0)))
+    net = untrained_network("tiny", "causal-asa", num_classes=len(CLASSES))
     card = build_card(net, classes=CLASSES, sensor=(128, 128), ds=4, dt_us=15_000, name="default")
     export_bundle(net, card, out / "default", steps=8)
     return out

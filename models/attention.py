@@ -231,11 +231,12 @@ class CausalASA(nn.Module):
         m1, m2, num, den = self.masks_step(x, num, den)
         return self._attend(x, m1, m2), num, den
 
-    def forward(
+    def masks(
         self, x: Tensor, state: tuple[Tensor, Tensor] | None = None
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """The steps over ``x [T, B, C, H, W]`` at once: only the running statistics (``[B, C]``) are
-        a loop over t; scores, masks and spatial maps are computed for every t together."""
+    ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
+        """``M1, M2 [T, B, C]`` of a window ``x [T, B, C, H, W]`` from ``state`` (rest by default), and
+        the state after it: what :meth:`masks_step` gives step by step, with only the running
+        statistics (``[B, C]``) in a loop over t."""
         num, den = self.init_state(x.shape[1], x) if state is None else state
         m = self.score(x)  # [T, B, C]
         nums, dens = [], []
@@ -244,5 +245,13 @@ class CausalASA(nn.Module):
             nums.append(num)
             dens.append(den)
         m1, m2 = self._split(m, torch.stack(nums), torch.stack(dens))
+        return m1, m2, (num, den)
+
+    def forward(
+        self, x: Tensor, state: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """The steps over ``x [T, B, C, H, W]`` at once: masks (:meth:`masks`) and spatial maps are
+        computed for every t together."""
+        m1, m2, state = self.masks(x, state)
         y = self._attend(x.flatten(0, 1), m1.flatten(0, 1), m2.flatten(0, 1))
-        return y.unflatten(0, x.shape[:2]), (num, den)
+        return y.unflatten(0, x.shape[:2]), state

@@ -453,7 +453,8 @@ def load_runner(
     window-mode bundles (paper ASA, SA) a :class:`~models.runtime.window.WindowRunner` with the same
     interface. ``capacity``: initial slots (the table grows); ``threads``: ONNX Runtime intra-op
     threads (default: all cores); ``compile``: ``torch.compile`` and ``rewrite``: the export's
-    inference rewrites (torch backend, step mode; see :class:`TorchStepRunner`); ``hop``: window mode, evaluate every ``hop`` steps (default: the card's)."""
+    inference rewrites (torch backend, step mode; see :class:`TorchStepRunner`); ``hop``: window
+    mode, evaluate every ``hop`` steps (default: the card's)."""
     if backend not in ("torch", "onnx"):
         raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
     if isinstance(bundle_dir, Bundle):

@@ -10,7 +10,7 @@ layer. :class:`ProbeSet` fans one pass out to several probes (with
 * :class:`RegionProbe`: per channel, spikes inside the region where the sample's input events are
   concentrated (:func:`~training.analysis.metrics.event_region`), for the noise-pattern heuristic.
 * :class:`AttentionRecorder`: forward hooks on the ASA / causal-ASA modules; the masks are recomputed
-  from the captured input current with the module's own ``masks`` / ``masks_step``, the spatial
+  from the captured input current with the module's own ``masks`` (window ASA and causal ASA), the spatial
   maps are the outputs of its ``sa1`` / ``sa2`` submodules.
 """
 
@@ -163,13 +163,8 @@ class AttentionRecorder:
             with torch.no_grad():
                 if isinstance(module, ASA):
                     m1 = module.masks(x)[0]
-                else:  # the causal form advanced step by step from rest, as its forward does
-                    num, den = args[1] if len(args) > 1 and args[1] is not None else module.init_state(x.shape[1], x)
-                    steps = []
-                    for t in range(x.shape[0]):
-                        m, _, num, den = module.masks_step(x[t], num, den)
-                        steps.append(m)
-                    m1 = torch.stack(steps)
+                else:  # the causal form from the state its forward got (rest by default)
+                    m1 = module.masks(x, args[1] if len(args) > 1 else None)[0]
             self._add_masks(i, m1.detach().round().cpu())
             self._flush_maps(i, x.shape[1])
 

@@ -150,20 +150,10 @@ def test_spike_driven_linears_picks_large_layers():
     assert not any(isinstance(m, R.SpikeDrivenLinear) for m in small.modules())
 
 
-class _Spikes:
-    wants_membrane = False
-
-    def __init__(self) -> None:
-        self.s: list[torch.Tensor] = []
-
-    def __call__(self, layer: int, spikes: torch.Tensor, u: object) -> None:
-        self.s.append(spikes)
-
-
 @pytest.mark.parametrize("attention", ("causal-asa", "none"))
 def test_inference_graph_steps_like_the_network(attention):
     """All rewrites at once, stepped in PyTorch: the export's criterion (spike agreement)."""
-    from models.runtime.export import MIN_AGREEMENT, random_frames
+    from models.runtime.export import MIN_AGREEMENT, SpikeProbe, random_frames
 
     net = untrained_network("gesture3", attention)
     fast = R.inference_graph(net, R.Rewrites())
@@ -172,10 +162,10 @@ def test_inference_graph_steps_like_the_network(attention):
     same = total = spikes = 0
     with torch.inference_mode():
         for t in range(frames.shape[0]):
-            pa, pb = _Spikes(), _Spikes()
+            pa, pb = SpikeProbe(), SpikeProbe()
             _, a = net.step(frames[t], a, pa)
             _, b = fast.step(frames[t], b, pb)
-            for x, y in zip(pa.s, pb.s):
+            for x, y in zip(pa.spikes, pb.spikes):
                 same += int((x == y).sum())
                 total += x.numel()
                 spikes += int(x.sum())
