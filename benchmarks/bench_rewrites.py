@@ -13,6 +13,7 @@ Not a test.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ def run(model: str = "gesture3", batch: int = 1, threads: int = 1, budget: float
         steps[label] = loop
 
     state = [eager.init_state(batch)]
-    tick = iter(range(1 << 62))
+    tick = itertools.count()
 
     def eager_step() -> None:
         with torch.inference_mode():

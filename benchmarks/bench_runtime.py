@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import platform
@@ -103,6 +104,7 @@ def _machine() -> dict[str, Any]:
 def _bundle(name: str, workdir: Path):
     """(label, bundle) for a model name; exports calibrated untrained networks when needed."""
     from models.runtime.bundle import load_bundle
+    from models.runtime.calibrate import untrained_network
     from models.runtime.export import build_card, export_bundle
 
     if name == "default" and (DEFAULT_BUNDLE / "card.json").exists():
@@ -113,8 +115,6 @@ def _bundle(name: str, workdir: Path):
             b,
         )
     preset_name = "tiny" if name == "default" else name
-    from models.runtime.calibrate import untrained_network
-
     net = untrained_network(preset_name)
     cfg = net.cfg
     sensor = (cfg.input_size[1] * 4, cfg.input_size[0] * 4)
@@ -134,7 +134,7 @@ SEQUENCE = 16  # frames each stream cycles through (a stream, not one frame repe
 
 def _stepper(runner: Any, slots: list[int], seq: Any):
     """A call that steps ``slots`` with the next frame of ``seq`` (cycling)."""
-    t = iter(range(1 << 62))
+    t = itertools.count()
     return lambda: runner.step(slots, seq[next(t) % len(seq)])
 
 
