@@ -73,8 +73,8 @@ def run(model: str = "gesture3", batch: int = 1, threads: int = 1, budget: float
 
     from models.runtime.calibrate import untrained_network
     from models.runtime.export import export_onnx, random_frames
+    from models.runtime.ort_runner import make_session
     from models.runtime.rewrite import fold_batchnorm
-    from models.runtime.runner import make_session
 
     torch.set_num_threads(threads)
     net = untrained_network(model)

@@ -208,7 +208,8 @@ def run(
     import torch
 
     from models.runtime.export import random_frames
-    from models.runtime.runner import OrtStepRunner, TorchStepRunner
+    from models.runtime.ort_runner import OrtStepRunner
+    from models.runtime.torch_runner import TorchStepRunner
     from models.runtime.window import TorchWindowEval
 
     torch.set_num_threads(threads)
@@ -220,13 +221,13 @@ def run(
             result["models"][label] = {"timesteps": T, "bytes_per_stream": {}}
             runners: dict[str, Any] = {}
             if "onnx" in backends:
-                runners["onnx"] = OrtStepRunner(b.onnx_path, b.card, b.net, "cpu", threads=threads)
+                runners["onnx"] = OrtStepRunner(b.onnx_path, b.card, b.exact, "cpu", threads=threads)
             if "torch" in backends:
-                runners["torch eager"] = TorchStepRunner(b.net, b.card, "cpu")
+                runners["torch eager"] = TorchStepRunner(b.exact, b.card, "cpu")
             if "torch-rewritten" in backends:
-                runners["torch rewritten"] = TorchStepRunner(b.net, b.card, "cpu", rewrite=True)
+                runners["torch rewritten"] = TorchStepRunner(b.exact, b.card, "cpu", rewrite=True)
             if compile:
-                runners["torch.compile"] = TorchStepRunner(b.net, b.card, "cpu", compile=True)
+                runners["torch.compile"] = TorchStepRunner(b.exact, b.card, "cpu", compile=True)
             last_window: tuple[int, float] | None = None  # (batch, seconds per evaluation)
             for n in batches:
                 seq = random_frames(SEQUENCE, n, b.card.frame_shape, seed=n)
@@ -240,7 +241,7 @@ def run(
                     )
                     result["skipped"] = result.get("skipped", []) + [[label, n, est]]
                 elif window:
-                    ev = TorchWindowEval(b.net, "cpu")
+                    ev = TorchWindowEval(b.exact, "cpu")
                     win = random_frames(T, n, b.card.frame_shape, seed=n)
                     window_fn = lambda ev=ev, win=win: ev(win)
                 times = _measure(steps, window_fn, budget)

@@ -135,7 +135,11 @@ class SpikingNet(nn.Module):
         return tuple(math.prod(s) for s in self.spike_shapes)
 
     def _vote(self, s: Tensor) -> Tensor:
-        return s.unflatten(-1, (self.cfg.num_classes, self.cfg.vote)).mean(-1)
+        """Output spikes per class: the mean over each class's ``vote`` neurons, as an exact sum
+        and one division (which every backend rounds alike)."""
+        if self.cfg.vote == 1:
+            return s
+        return s.unflatten(-1, (self.cfg.num_classes, self.cfg.vote)).sum(-1) / self.cfg.vote
 
     def forward(self, x: Tensor, probe: Probe | None = None) -> NetOutput:
         """Multi-step forward over ``x`` of shape ``[T, B, C, H, W]``."""

@@ -18,8 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-import numpy as np
-
+from models.runtime.slots import Runner
 from service.scheduler import ModelOutput, Scheduler, SchedulerOutput, StepOutput
 from service.telemetry import Metrics
 
@@ -36,19 +35,12 @@ class StepConsumer(Protocol):
     def on_failure(self, code: str, message: str) -> None: ...
 
 
-def _np(x: Any) -> np.ndarray:
-    """A runner result (torch tensor or array) as a numpy array on the host."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
 @dataclass
 class ModelWorker:
     """One served model: its step runner, its scheduler and the sessions attached to it."""
 
     name: str
-    runner: Any  # models.runtime.StepRunner
+    runner: Runner
     scheduler: Scheduler
     sessions: dict[str, StepConsumer] = field(default_factory=dict)
     queue_gauge: Any = None  # asasnn_queue_depth{model=name}, set by Engine.add_worker
@@ -66,11 +58,7 @@ class ModelWorker:
         frames = sched.stack_frames()
         t0 = time.perf_counter()
         res = self.runner.step(sched.slots, frames)
-        out, counts = _np(res.out), _np(res.counts)
-        sops, energy = _np(res.sops), _np(res.energy_j)
-        evaluated = getattr(res, "evaluated", None)
-        evaluated = None if evaluated is None else _np(evaluated)
-        return ModelOutput(out, counts, sops, energy, time.perf_counter() - t0, evaluated, t0)
+        return ModelOutput(res.out, res.counts, res.sops, res.energy_j, time.perf_counter() - t0, res.evaluated, t0)
 
 
 class Engine:

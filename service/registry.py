@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.runtime.slots import Runner
+
 Loader = Callable[..., Any]
 
 from models.runtime.bundle import CARD_FILE, ONNX_FILES
@@ -42,7 +44,7 @@ class NoModels(RuntimeError):
 class ModelEntry:
     name: str
     path: Path
-    runner: Any = None  # models.runtime.StepRunner once loaded
+    runner: Runner | None = None  # once loaded
     error: str | None = None
     backend: str = "torch"  # the backend it was loaded with
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from models.events.binner import BinnerConfig
 from models.events.types import SensorSize
+from models.runtime.bundle import ModelCard
 from service.config import Settings
 from service.engine import Engine, ModelWorker
 from service.protocol import ProtocolError
@@ -70,7 +71,7 @@ class ServiceState:
                 e.name,
                 str(r.card.version),
                 e.backend,
-                runner_device(r),
+                r.device,
                 tuple(r.layer_names),
                 tuple(int(n) for n in r.energy.neurons),
                 timestep_s=int(r.card.dt_us) / 1e6,
@@ -155,9 +156,9 @@ class ServiceState:
             frame_shape=[int(x) for x in r.frame_shape],
             layers=list(r.layer_names),
             backend=entry.backend,
-            device=runner_device(r),
+            device=r.device,
             streaming=True,
-            hop=int(getattr(r, "hop", 1)),
+            hop=int(r.hop),
         )
 
     def session_config(
@@ -183,7 +184,7 @@ class ServiceState:
             SensorSize(sensor.width, sensor.height),
             dt_us or int(card.dt_us),
             ds,
-            binner_mode(card),
+            "count",  # every bundle's frames are event counts (docs/bundle.md)
             s.max_gap_steps,
         )
         want = tuple(int(x) for x in entry.runner.frame_shape)
@@ -220,21 +221,5 @@ def set_step_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def runner_device(r: Any) -> str:
-    """Where a runner computes: ``cpu`` / ``cuda`` (torch device, or ONNX Runtime's first provider)."""
-    if getattr(r, "on_cuda", False):
-        return "cuda"
-    dev = getattr(r, "device", None) or getattr(getattr(r, "evaluator", None), "device", None)
-    return str(getattr(dev, "type", dev or "cpu"))
-
-
-def binner_mode(card: Any) -> str:
-    """Frame mode of the card's training data (``count`` unless the card says otherwise)."""
-    mode = getattr(card, "frame_mode", None) or getattr(card, "binning", None)
-    if isinstance(mode, dict):
-        mode = mode.get("mode")
-    return mode if mode in ("count", "binary") else "count"
-
-
-def default_readout(card: Any) -> ReadoutOptions:
+def default_readout(card: ModelCard) -> ReadoutOptions:
     return ReadoutOptions(mode="horizon", horizon=int(card.timesteps))

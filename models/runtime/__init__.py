@@ -11,8 +11,11 @@ Heavy imports (ONNX Runtime, the exporter) happen only when used.
 """
 
 from models.runtime.bundle import Bundle, BundleError, ModelCard, load_bundle, save_bundle
+from models.runtime.loading import load_runner
+from models.runtime.ort_runner import OrtStepRunner
 from models.runtime.readout import Prediction, Readout
-from models.runtime.runner import OrtStepRunner, StepResult, StepRunner, TorchStepRunner, load_runner
+from models.runtime.slots import Runner, StepResult, StepRunner
+from models.runtime.torch_runner import TorchStepRunner
 from models.runtime.window import WindowRunner
 
 __all__ = [
@@ -22,6 +25,7 @@ __all__ = [
     "OrtStepRunner",
     "Prediction",
     "Readout",
+    "Runner",
     "StepResult",
     "StepRunner",
     "TorchStepRunner",

@@ -26,12 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from models.config import NetworkConfig
 from models.network import SpikingNet
+from models.runtime.exact import ExactArithmetic, ExactRangeError, exact_network
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.safetensors"
 ONNX_FILES = {"step": "step.onnx", "window": "window.onnx"}
 FORMAT = "asasnn-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: exact arithmetic (card section `arithmetic`), equality verification
 
 Mode = Literal["step", "window"]
 
@@ -60,20 +61,18 @@ class Metrics(BaseModel):
 
 
 class Verification(BaseModel):
-    """What the export check measured: ONNX graph against the PyTorch network, float32 CPU."""
+    """What the export check found: the ONNX graph against the exact PyTorch network, compared
+    value for value (models/runtime/verify.py)."""
 
-    model_config = ConfigDict(extra="allow")
-    passed: bool
-    spike_agreement: float  # fraction of (neuron, timestep, stream) spikes equal, all layers
-    max_out_diff: float  # largest |out_onnx - out_torch| over every step, stream and class
-    max_rate_diff: float  # largest difference of the output averaged over the sequence
-    max_state_diff: float  # largest membrane difference (over states whose spikes agreed so far)
+    model_config = ConfigDict(extra="forbid")
+    passed: bool  # no value of any output differed
+    compared: dict[str, int]  # values compared per output (out, counts, each state, each layer's spikes)
+    mismatches: dict[str, int]  # values that differed per output
+    first_mismatch: str | None = None  # "<output> at step t of <frames>"
     steps: int
     streams: int
-    frames: list[str]  # the frame sets used ("random", "synthetic:...", a file name)
+    frames: list[str]  # the frame sets used ("random", "synthetic ...", "real")
     layer_rates: list[float]  # firing rate per layer in the check (shows the check was not vacuous)
-    min_agreement: float
-    rate_tol: float
 
 
 class OnnxInfo(BaseModel):
@@ -91,7 +90,7 @@ class ModelCard(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     format: Literal["asasnn-bundle"] = FORMAT
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[2] = FORMAT_VERSION
     name: str = Field(min_length=1)
     version: str = "0.1.0"
     created: str = Field(
@@ -109,6 +108,7 @@ class ModelCard(BaseModel):
     metrics: Metrics = Field(default_factory=Metrics)
     command: str | None = None  # the training command
     train_config: dict[str, Any] | None = None
+    arithmetic: ExactArithmetic | None = None  # the exact form's constants (docs/exact.md); set by the export
     onnx: OnnxInfo | None = None
     verification: Verification | None = None
     software: dict[str, str] = Field(default_factory=dict)
@@ -168,11 +168,13 @@ class ModelCard(BaseModel):
 
 @dataclass
 class Bundle:
-    """A loaded bundle: its card, the network with its weights (eval mode, CPU) and its files."""
+    """A loaded bundle: its card, the network with its weights (eval mode, CPU), the network's exact
+    form under the card's arithmetic (what every runner computes) and its files."""
 
     path: Path
     card: ModelCard
     net: SpikingNet
+    exact: SpikingNet
 
     @property
     def onnx_path(self) -> Path:
@@ -245,8 +247,13 @@ def read_card(directory: Path | str) -> ModelCard:
     if not isinstance(raw, dict):
         raise BundleError(p, f"model card must be a JSON object, got {type(raw).__name__}")
     if raw.get("format") not in (None, FORMAT) or raw.get("format_version") not in (None, FORMAT_VERSION):
+        hint = (
+            "; a version-1 bundle (float arithmetic) becomes a version-2 one with `asasnn export OLD -o NEW`"
+            if raw.get("format_version") == 1
+            else ""
+        )
         raise BundleError(
-            p, f"unsupported bundle format {raw.get('format')!r} v{raw.get('format_version')!r}"
+            p, f"unsupported bundle format {raw.get('format')!r} v{raw.get('format_version')!r}{hint}"
         )
     try:
         return ModelCard.model_validate(raw)
@@ -297,6 +304,27 @@ def check_onnx(path: Path, net: SpikingNet, mode: Mode) -> None:
         raise BundleError(path, f"graph takes frames of shape {frame}, the network {want}")
 
 
+def load_for_export(directory: Path | str) -> tuple[ModelCard, SpikingNet]:
+    """A bundle's card and float network for re-export, format 1 (float arithmetic) included; the
+    card's ``onnx``, ``verification`` and ``arithmetic`` are dropped: the export writes them anew."""
+    d = Path(directory)
+    p = d / CARD_FILE
+    try:
+        raw = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(p, f"not a readable model card ({err})") from err
+    if not isinstance(raw, dict) or raw.get("format") not in (None, FORMAT):
+        raise BundleError(p, "not an asasnn bundle card")
+    fresh = {k: v for k, v in raw.items() if k not in ("onnx", "verification", "arithmetic", "data")}
+    try:
+        card = ModelCard.model_validate(fresh | {"format_version": FORMAT_VERSION})
+    except ValidationError as err:
+        raise BundleError(p, f"model card does not fit the schema: {err.errors()[0]['msg']}") from None
+    net = SpikingNet(card.network_config)
+    load_weights(d / WEIGHTS_FILE, net)
+    return card, net.eval()
+
+
 def load_bundle(directory: Path | str, check_graph: bool = True) -> Bundle:
     """Read and validate a bundle directory. ``check_graph=False`` skips the ONNX file (torch-only use)."""
     d = Path(directory)
@@ -304,9 +332,15 @@ def load_bundle(directory: Path | str, check_graph: bool = True) -> Bundle:
     net = SpikingNet(card.network_config)
     load_weights(d / WEIGHTS_FILE, net)
     net.eval()
+    if card.arithmetic is None:
+        raise BundleError(d / CARD_FILE, "card has no `arithmetic` section (write bundles with `asasnn export`)")
+    try:
+        exact = exact_network(net, card.arithmetic)
+    except ExactRangeError as err:
+        raise BundleError(d / CARD_FILE, f"arithmetic does not fit the weights: {err}") from None
     if check_graph:
         check_onnx(d / ONNX_FILES[card.mode], net, card.mode)
-    return Bundle(d, card, net)
+    return Bundle(d, card, net, exact)
 
 
 __all__ = [
@@ -322,6 +356,7 @@ __all__ = [
     "Verification",
     "expected_io",
     "load_bundle",
+    "load_for_export",
     "read_card",
     "save_bundle",
     "software_versions",

@@ -1,8 +1,11 @@
-"""Export a network to a verified bundle: the ONNX step / window graph and the check.
+"""Export a network to a verified bundle: its exact form, the ONNX step / window graph and the check.
 
-* The graphs are traced from :func:`~models.runtime.rewrite.inference_graph`: the same network with
-  BatchNorm and average pools folded into the convolutions and a few operator-level rewrites that
-  ONNX Runtime runs faster (see models/runtime/rewrite.py).
+* :func:`~models.runtime.exact.exact_spec` picks the exact form's constants for the trained network
+  (weight grids per layer, ...) and :func:`~models.runtime.exact.exact_network` builds that form:
+  what every runner computes, bit for bit (docs/exact.md).
+* The graphs are traced from :func:`~models.runtime.rewrite.inference_graph` of the exact network:
+  average pools folded into the convolutions and operator-level rewrites that ONNX Runtime runs
+  faster, each computing the same values (see models/runtime/rewrite.py).
 * :func:`export_onnx` writes one of two graphs (dynamo exporter, opset 18, dynamic batch ``batch``):
 
   - **step** (networks with attention ``none`` / ``causal-asa``): inputs ``frames [B, 2, H, W]`` and
@@ -14,10 +17,10 @@
 
   With ``with_spikes=True`` every layer's spikes are extra outputs ``<layer>.spikes``; verification
   runs that graph, and the bundle ships the same graph with those outputs removed.
-* :func:`verify_onnx` runs the graph under ONNX Runtime (CPU, float32) against the PyTorch network
-  (unfolded) on random and real frames, stepping both for the whole sequence with their own state,
-  and reports the spike agreement, output and membrane differences (:class:`Verification`).
-* :func:`export_bundle` does all of it and writes the bundle only if the check passes.
+* :func:`verify_onnx` runs the graph under ONNX Runtime against the exact network in PyTorch on
+  random and real frames and compares every output of every step for equality
+  (:class:`~models.runtime.bundle.Verification`).
+* :func:`export_bundle` does all of it and writes the bundle only if nothing differs.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from torch import Tensor, nn
 
 from models.network import SpikingNet
 from models.runtime.bundle import (
+    ExactArithmetic,
     Metrics,
     Mode,
     ModelCard,
@@ -49,9 +53,9 @@ from models.runtime.bundle import (
     save_bundle,
     software_versions,
 )
+from models.runtime.exact import exact_network, exact_spec
 from models.runtime.rewrite import ALL_REWRITES, Rewrites, inference_graph
 from models.runtime.verify import (  # re-exported: the check is part of the export's interface
-    MIN_AGREEMENT,
     SpikeProbe,
     VerificationError,
     add_spike_outputs,
@@ -88,10 +92,12 @@ class WindowGraph(nn.Module):
         self.net, self.with_spikes = net, with_spikes
 
     def forward(self, frames: Tensor) -> tuple[Tensor, ...]:
+        from models.runtime.window import window_means
+
         probe = SpikeProbe() if self.with_spikes else None
-        o = self.net(frames, probe)
+        out, counts = window_means(self.net(frames, probe))
         extra = tuple(probe.spikes) if probe is not None else ()
-        return (o.out.mean(0), o.counts.mean(0), *extra)
+        return (out, counts, *extra)
 
 
 @contextlib.contextmanager
@@ -113,8 +119,8 @@ def _quiet():
 def export_onnx(
     net: SpikingNet, mode: Mode, with_spikes: bool = False, rewrites: Rewrites | None = ALL_REWRITES
 ) -> bytes:
-    """Serialized ONNX graph of ``net`` (see the module docstring). ``net`` is not modified;
-    ``rewrites=None`` traces it as it is (no folding, no rewrites)."""
+    """Serialized ONNX graph of ``net`` (an exact network for a bundle; see the module docstring).
+    ``net`` is not modified; ``rewrites=None`` traces it as it is (no folding, no rewrites)."""
     from torch.export import Dim
 
     model = (
@@ -183,8 +189,10 @@ def build_card(
     dataset: str | None = None,
     command: str | None = None,
     train_config: dict[str, Any] | None = None,
+    max_count: int = 1023,
 ) -> ModelCard:
-    """A card for ``net``; ``mode`` follows from its attention (step when it can be stepped)."""
+    """A card for ``net``; ``mode`` follows from its attention (step when it can be stepped), the
+    ``arithmetic`` section is :func:`exact_spec` of ``net`` with frames saturating at ``max_count``."""
     cfg = net.cfg
     if isinstance(sensor, Sensor):
         s = sensor
@@ -208,6 +216,7 @@ def build_card(
         metrics=Metrics(**(metrics or {})),
         command=command,
         train_config=train_config,
+        arithmetic=exact_spec(net, max_count=max_count),
         software=software_versions(),
     )
 
@@ -219,29 +228,33 @@ def export_bundle(
     *,
     real_frames: np.ndarray | None = None,
     steps: int | None = None,
-    min_agreement: float = MIN_AGREEMENT,
-    rate_tol: float | None = None,
+    arithmetic: ExactArithmetic | None = None,
     overwrite: bool = False,
 ) -> ModelCard:
-    """Export, verify and write a bundle; raises :class:`VerificationError` (writing nothing) on a mismatch.
+    """Export, verify and write a bundle; raises :class:`VerificationError` (writing nothing) when the
+    graph differs from the exact network in any value, :class:`~models.runtime.exact.ExactRangeError`
+    when the network has no exact form. ``arithmetic`` defaults to :func:`exact_spec` of ``net``
+    (frames saturating at the card's ``max_count``, else 1023).
 
-    Returns the card as written (with the ``onnx`` and ``verification`` sections filled in).
+    Returns the card as written (with the ``arithmetic``, ``onnx`` and ``verification`` sections).
     """
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True / --force)")
     net = net.cpu().float().eval()
+    spec = arithmetic or exact_spec(net, max_count=card.arithmetic.max_count if card.arithmetic else 1023)
+    exact = exact_network(net, spec)
     mode = card.mode
     steps = (steps or card.timesteps) if mode == "step" else card.timesteps
-    full = export_onnx(net, mode, with_spikes=True)
+    full = export_onnx(exact, mode, with_spikes=True)
     sets = default_frame_sets(card, steps, real_frames)
-    report = verify_onnx(net, full, mode, sets, min_agreement, rate_tol)
+    report = verify_onnx(exact, full, mode, sets)
     if not report.passed:
         raise VerificationError(report)
     ins, outs = expected_io(net, mode)
     shipped = strip_outputs(full, outs)
     card = card.model_copy(
-        update={"onnx": OnnxInfo(opset=OPSET, inputs=ins, outputs=outs), "verification": report}
+        update={"arithmetic": spec, "onnx": OnnxInfo(opset=OPSET, inputs=ins, outputs=outs), "verification": report}
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

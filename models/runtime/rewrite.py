@@ -19,6 +19,7 @@ all; docs/performance.md measures what each one buys.
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 
 from models.attention import CausalASA, SpatialMap
 from models.network import SpikingNet
+from models.runtime.exact import ExactSpatialMap, exact_maps, tap_copier
 
 
 # ---- folding -------------------------------------------------------------------------------------
@@ -36,8 +38,9 @@ def fold_batchnorm(net: SpikingNet, fold_pool: bool = False) -> SpikingNet:
 
     With ``fold_pool`` a following 2x2 average pool is folded too: ``Conv3x3(pad 1) -> AvgPool2``
     equals ``Conv4x4(stride 2, pad 1)`` with kernel ``K = (k * box2x2) / 4`` (BatchNorm, a per-channel
-    affine map, commutes with the pooling). Same function, 2.25x fewer multiply-accumulates; only
-    the float32 rounding differs (the export's verification covers it).
+    affine map, commutes with the pooling). Same function, 2.25x fewer multiply-accumulates; for
+    float weights only the rounding differs, for an exact network's (on the grid ``2^-k``) nothing:
+    the 4x4 weights are on ``2^-(k+2)`` and the range check reserved those two bits.
     """
     out = copy.deepcopy(net).eval()
     for layer in out.layers:
@@ -51,10 +54,13 @@ def fold_batchnorm(net: SpikingNet, fold_pool: bool = False) -> SpikingNet:
                 syn[i + 1] = nn.Identity()
         if fold_pool:
             mods = [m for m in syn if not isinstance(m, nn.Identity)]
-            if len(mods) == 2 and _poolable(mods[0], mods[1]):
-                folded = _fold_pool(mods[0])
-                for j, m in enumerate(syn):
-                    syn[j] = folded if m is mods[0] else nn.Identity()
+            for conv, pool in itertools.pairwise(mods):
+                if _poolable(conv, pool):
+                    for j, m in enumerate(syn):
+                        if m is conv:
+                            syn[j] = _fold_pool(conv)
+                        elif m is pool:
+                            syn[j] = nn.Identity()
     for p in out.parameters():
         p.requires_grad_(False)
     return out
@@ -178,13 +184,16 @@ def top_k_mask(m: Tensor, k: int, dim: int) -> Tensor:
 class StreamASA(CausalASA):
     """:class:`~models.attention.CausalASA` with the two groups processed together.
 
-    The same masks, running statistics and parameters; the step is rewritten with ``G = [M1; M2]``
+    The same masks, running statistics and modules; the step is rewritten with ``G = [M1; M2]``
     (``[B, 2, C]``) so that each stage is one operator over both groups instead of two:
 
     * ``z = X * G``: both masked inputs at once (``[B, 2, C, H, W]``), for the channel max;
-    * the channel means ``(G / (C * share)) @ X``: a batched matrix product, without the masked copies;
-    * both spatial maps: one grouped 3x3 convolution and one sigmoid over ``[mean, max]`` per group;
-    * ``Xbar = a1 * z1 + a2 * z2 = X * (G^T @ [a1; a2])``: exactly, since each channel is in one group.
+    * the channel sums ``G @ X``: a batched matrix product, without the masked copies (in float64
+      for an exact network, where that sum is exact);
+    * both spatial maps: one grouped 3x3 convolution over ``[mean, max]`` per group, then the
+      sigmoid (the table of :func:`~models.runtime.exact.exact_maps` for an exact network);
+    * ``Xbar = a1 * z1 + a2 * z2 = X * (G^T @ [a1; a2])``: the same value, since each channel is in
+      exactly one group (the other term is an exact zero).
 
     ``onnx_topk`` ranks the channels with :func:`top_k_mask` (for graphs ONNX Runtime runs); without
     it, with :func:`~models.attention.rank_mask` as the original does (for running in PyTorch).
@@ -192,21 +201,30 @@ class StreamASA(CausalASA):
 
     def __init__(self, asa: CausalASA, onnx_topk: bool = True) -> None:
         super().__init__(asa.channels, asa.cfg)
-        self.load_state_dict(asa.state_dict())
+        self.score, self.sa1, self.sa2 = asa.score, asa.sa1, asa.sa2
         if onnx_topk:
             self.top_channels = top_k_mask
         c, lam = asa.channels, asa.cfg.lam
-        self.register_buffer("mean_weight", torch.tensor([1 / (c * lam), 1 / (c * (1 - lam))]).view(1, 2, 1))
-        self.register_buffer("map_weight", torch.cat([asa.sa1.conv.weight, asa.sa2.conv.weight]).detach())
+        self.counts = (c * lam, c * (1 - lam))  # the channels each group's mean divides by
+        self.exact = isinstance(asa.sa1, ExactSpatialMap)
+        weights = [m.weight if self.exact else m.conv.weight for m in (asa.sa1, asa.sa2)]
+        self.register_buffer("map_weight", torch.cat(weights).detach().clone())  # [2, 2, 3, 3] / exact [2, 1, 18]
+        if self.exact:
+            self.register_buffer("taps", tap_copier(2))
+        self.register_buffer("mean_weight", torch.tensor([1 / n for n in self.counts]).view(1, 2, 1))
 
     def step(self, x: Tensor, num: Tensor, den: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         m1, m2, num, den = self.masks_step(x, num, den)
         g = torch.stack([m1, m2], dim=1)  # [B, 2, C]
         z = x.unsqueeze(1) * g[..., None, None]  # [B, 2, C, H, W]
-        mean = torch.matmul(g * self.mean_weight, x.flatten(2))  # [B, 2, H*W]
-        peak = _channel_max(z).flatten(2)  # [B, 2, H*W]
-        pooled = torch.stack([mean, peak], dim=2).flatten(1, 2).unflatten(2, x.shape[2:])  # [B, 4, H, W]
-        att = torch.sigmoid(F.conv2d(pooled, self.map_weight, padding=1, groups=2))  # [B, 2, H, W]
+        peak = _channel_max(z).flatten(1, 2)  # [B, 2, H, W]
+        if self.exact:
+            totals = torch.matmul(g.double(), x.flatten(2).double()).view_as(peak)
+            att = exact_maps(self.sa1, self.taps, self.map_weight, totals, peak, self.counts)
+        else:
+            mean = torch.matmul(g * self.mean_weight, x.flatten(2)).view_as(peak)
+            pooled = torch.stack([mean, peak], dim=2).flatten(1, 2)  # [B, 4, H, W]
+            att = torch.sigmoid(F.conv2d(pooled, self.map_weight, padding=1, groups=2))  # [B, 2, H, W]
         gain = torch.matmul(g.transpose(1, 2), att.flatten(2))  # [B, C, H*W]
         return x * gain.view_as(x), num, den
 

@@ -1,13 +1,12 @@
-"""The export check: an ONNX graph against the PyTorch network it came from.
+"""The export check: an ONNX graph against the exact PyTorch network it came from, value for value.
 
-:func:`verify_onnx` runs a graph that exposes every layer's spikes (``<layer>.spikes`` outputs)
-under ONNX Runtime (CPU, float32, one thread) against the unfolded PyTorch network, each stepping
-with its own state over whole sequences of frames, and counts:
-
-* the **spike agreement**: equal spikes over every layer, neuron, timestep and stream;
-* the largest output difference per step, and of the output averaged over the sequence;
-* the largest membrane difference while every spike still agreed;
-* each layer's firing rate (a silent layer would make the agreement vacuous).
+With exact arithmetic (models/runtime/exact.py, docs/exact.md) the graph and the network compute the
+same numbers, so :func:`verify_onnx` compares for **equality**: under ONNX Runtime (CPU, one thread)
+and in PyTorch, each stepping with its own state over whole sequences of frames, every output of
+every step (``out``, ``counts``, each layer's spikes, each piece of next state) must be equal value
+for value. It counts the values compared and those that differ per output, names the first
+mismatch, and reports each layer's firing rate (a silent layer would make the check vacuous).
+A changed weight, threshold or output row shows up as a differing membrane within a few steps.
 
 The frames (:func:`default_frame_sets`) are random Poisson event counts and real ones: given frames,
 or synthetic gestures of the card's sensor binned with the shared binner. :func:`verify_bundle`
@@ -29,17 +28,15 @@ from torch import Tensor
 from models.network import SpikingNet
 from models.runtime.bundle import BundleError, Mode, ModelCard, Sensor, Verification, expected_io, load_bundle
 
-MIN_AGREEMENT = 0.9999
-
 
 class VerificationError(RuntimeError):
     """The ONNX graph disagrees with the PyTorch network; ``report`` holds the numbers."""
 
     def __init__(self, report: Verification) -> None:
+        bad = {k: v for k, v in report.mismatches.items() if v}
         super().__init__(
-            f"ONNX graph disagrees with the PyTorch network: spike agreement {report.spike_agreement:.6%} "
-            f"(need >= {report.min_agreement:.4%}), output rate difference {report.max_rate_diff:.4g} "
-            f"(tolerance {report.rate_tol:.4g}), max output difference {report.max_out_diff:.4g}"
+            f"ONNX graph disagrees with the exact PyTorch network: {sum(bad.values())} differing values "
+            f"({', '.join(f'{k}: {v}' for k, v in bad.items())}); first: {report.first_mismatch}"
         )
         self.report = report
 
@@ -97,7 +94,7 @@ def synthetic_frames(
 
 # ---- verification --------------------------------------------------------------------------------
 def _ort_session(onnx_bytes: bytes):
-    from models.runtime.runner import make_session
+    from models.runtime.ort_runner import make_session
 
     return make_session(onnx_bytes, "cpu", threads=1)
 
@@ -114,111 +111,89 @@ def _torch_threads(n: int):
 
 
 class _Tally:
+    """Values compared and values that differ, per output name; each layer's spikes."""
+
     def __init__(self, layers: int) -> None:
-        self.equal = 0
-        self.total = 0
-        self.max_out = 0.0
-        self.max_rate = 0.0
-        self.max_state = 0.0
+        self.compared: dict[str, int] = {}
+        self.mismatches: dict[str, int] = {}
+        self.first: str | None = None
         self.spikes = np.zeros(layers)
         self.neuron_steps = np.zeros(layers)
 
-    def spikes_(self, ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> bool:
-        clean = True
-        for i, (a, b) in enumerate(zip(ref, got)):
-            eq = int(np.count_nonzero(a == b))
-            clean &= eq == a.size
-            self.equal += eq
-            self.total += a.size
-            self.spikes[i] += float(a.sum())
-            self.neuron_steps[i] += a.size
-        return clean
+    def compare(self, name: str, ref: np.ndarray, got: np.ndarray, where: str) -> None:
+        if ref.shape != got.shape:
+            raise ValueError(f"{name}: the graph gives shape {got.shape}, the network {ref.shape}")
+        bad = int(np.count_nonzero(ref != got))  # values: -0.0 equals 0.0
+        self.compared[name] = self.compared.get(name, 0) + ref.size
+        self.mismatches[name] = self.mismatches.get(name, 0) + bad
+        if bad and self.first is None:
+            self.first = f"{name} {where}"
+
+    def layer_spikes(self, spikes: Sequence[np.ndarray]) -> None:
+        for i, s in enumerate(spikes):
+            self.spikes[i] += float(s.sum())
+            self.neuron_steps[i] += s.size
 
 
-def verify_onnx(
-    net: SpikingNet,
-    onnx_bytes: bytes,
-    mode: Mode,
-    frame_sets: dict[str, np.ndarray],
-    min_agreement: float = MIN_AGREEMENT,
-    rate_tol: float | None = None,
-) -> Verification:
-    """Compare a ``with_spikes`` graph with ``net`` (PyTorch, CPU float32) on each ``[T, B, C, H, W]`` set.
-
-    Passes when the spike agreement over every layer, timestep and stream is at least
-    ``min_agreement`` and the output averaged over the sequence differs by at most ``rate_tol``
-    (default ``max(0.1, 1.5 / T)``). One spike flipped by float32 rounding (a membrane within an
-    ulp of the threshold, BatchNorm folding) can shift a neuron's later spikes and so a few output
-    spikes; a graph that computes something else fails the agreement by orders of magnitude.
-    """
-    ref = copy.deepcopy(net).cpu().float().eval()
+def verify_onnx(exact: SpikingNet, onnx_bytes: bytes, mode: Mode, frame_sets: dict[str, np.ndarray]) -> Verification:
+    """Compare a ``with_spikes`` graph with ``exact`` (the exact network, PyTorch CPU) on each
+    ``[T, B, C, H, W]`` frame set; passes when no value of any output differs."""
+    ref = copy.deepcopy(exact).cpu().eval()
     sess = _ort_session(onnx_bytes)
     ins, outs = expected_io(ref, mode)
-    n_layers = len(ref.layers)
     spike_names = [f"{n}.spikes" for n in ref.layer_names]
-    tally = _Tally(n_layers)
+    tally = _Tally(len(ref.layers))
     steps_max, streams = 0, 0
-    for frames in frame_sets.values():
+    for label, frames in frame_sets.items():
         frames = np.ascontiguousarray(frames, dtype=np.float32)
         steps, batch = frames.shape[:2]
         steps_max, streams = max(steps_max, steps), streams + batch
         with _torch_threads(1):
             if mode == "window":
-                _verify_window(ref, sess, frames, outs, spike_names, tally)
+                _verify_window(ref, sess, frames, outs, spike_names, tally, label)
             else:
-                _verify_steps(ref, sess, frames, ins, outs, spike_names, tally)
-    tol = max(0.1, 1.5 / max(steps_max, 1)) if rate_tol is None else rate_tol
-    agreement = tally.equal / max(tally.total, 1)
+                _verify_steps(ref, sess, frames, ins, outs, spike_names, tally, label)
     rates = (tally.spikes / np.maximum(tally.neuron_steps, 1)).tolist()
     return Verification(
-        passed=bool(agreement >= min_agreement and tally.max_rate <= tol),
-        spike_agreement=float(agreement),
-        max_out_diff=tally.max_out,
-        max_rate_diff=tally.max_rate,
-        max_state_diff=tally.max_state,
+        passed=not any(tally.mismatches.values()),
+        compared=tally.compared,
+        mismatches=tally.mismatches,
+        first_mismatch=tally.first,
         steps=steps_max,
         streams=streams,
         frames=list(frame_sets),
         layer_rates=[float(r) for r in rates],
-        min_agreement=min_agreement,
-        rate_tol=float(tol),
     )
 
 
-def _verify_steps(ref, sess, frames, ins, outs, spike_names, tally: _Tally) -> None:
+def _verify_steps(ref, sess, frames, ins, outs, spike_names, tally: _Tally, label: str) -> None:
     steps, batch = frames.shape[:2]
     state_t = ref.init_state(batch)
     state_o = [s.numpy().copy() for s in state_t]
-    out_t_sum = np.zeros((batch, ref.cfg.num_classes))
-    out_o_sum = np.zeros_like(out_t_sum)
-    clean = True
+    n_state = len(ins) - 1
     for t in range(steps):
         probe = SpikeProbe()
         with torch.no_grad():
             o, state_t = ref.step(torch.from_numpy(frames[t]), state_t, probe)
         res = sess.run([*outs, *spike_names], {"frames": frames[t], **dict(zip(ins[1:], state_o))})
-        n_state = len(ins) - 1
-        out_o, state_o, spk_o = res[0], res[2 : 2 + n_state], res[2 + n_state :]
-        clean &= tally.spikes_([s[0].numpy() for s in probe.spikes], spk_o)
-        out_t = o.out.numpy()
-        tally.max_out = max(tally.max_out, float(np.abs(out_t - out_o).max()))
-        out_t_sum += out_t
-        out_o_sum += out_o
-        if clean:
-            diff = max(float(np.abs(a.numpy() - b).max()) for a, b in zip(state_t, state_o))
-            tally.max_state = max(tally.max_state, diff)
-    tally.max_rate = max(tally.max_rate, float(np.abs(out_t_sum - out_o_sum).max()) / steps)
+        state_o = res[2 : 2 + n_state]
+        where = f"at step {t} of {label}"
+        mine = [o.out, o.counts, *state_t, *(s[0] for s in probe.spikes)]
+        for name, a, b in zip([*outs, *spike_names], mine, res):
+            tally.compare(name, a.numpy(), b, where)
+        tally.layer_spikes([s[0].numpy() for s in probe.spikes])
 
 
-def _verify_window(ref, sess, frames, outs, spike_names, tally: _Tally) -> None:
+def _verify_window(ref, sess, frames, outs, spike_names, tally: _Tally, label: str) -> None:
+    from models.runtime.window import window_means
+
     probe = SpikeProbe()
     with torch.no_grad():
-        o = ref(torch.from_numpy(frames), probe)
+        out, counts = window_means(ref(torch.from_numpy(frames), probe))
     res = sess.run([*outs, *spike_names], {"frames": frames})
-    tally.spikes_([s.numpy() for s in probe.spikes], res[2:])
-    out_t = o.out.mean(0).numpy()
-    tally.max_out = max(tally.max_out, float(np.abs(out_t - res[0]).max()))
-    tally.max_rate = max(tally.max_rate, tally.max_out)
+    for name, a, b in zip([*outs, *spike_names], [out, counts, *probe.spikes], res):
+        tally.compare(name, a.numpy(), b, f"in the window of {label}")
+    tally.layer_spikes([s.numpy() for s in probe.spikes])
 
 
 # ---- frame sets and bundles --------------------------------------------------------------------
@@ -266,24 +241,19 @@ def add_spike_outputs(onnx_bytes: bytes, layer_names: Sequence[str]) -> bytes:
     return model.SerializeToString()
 
 
-def verify_bundle(
-    bundle_dir: Path | str,
-    real_frames: np.ndarray | None = None,
-    min_agreement: float = MIN_AGREEMENT,
-    rate_tol: float | None = None,
-) -> Verification:
-    """Re-run the export check on a written bundle: its ONNX graph against its safetensors weights."""
+def verify_bundle(bundle_dir: Path | str, real_frames: np.ndarray | None = None) -> Verification:
+    """Re-run the export check on a written bundle: its ONNX graph against the exact form of its
+    safetensors weights under its card's arithmetic."""
     b = load_bundle(bundle_dir)
     sets = default_frame_sets(b.card, b.card.timesteps, real_frames)
     try:
         graph = add_spike_outputs(b.onnx_path.read_bytes(), b.net.layer_names)
     except ValueError as err:
         raise BundleError(b.onnx_path, str(err)) from None
-    return verify_onnx(b.net, graph, b.card.mode, sets, min_agreement, rate_tol)
+    return verify_onnx(b.exact, graph, b.card.mode, sets)
 
 
 __all__ = [
-    "MIN_AGREEMENT",
     "SpikeProbe",
     "VerificationError",
     "add_spike_outputs",

@@ -1,12 +1,12 @@
 """Window mode: networks whose attention needs the whole window (the paper's ASA, SA).
 
-:class:`WindowRunner` has the slot interface of :class:`~models.runtime.runner.StepRunner`. Each slot
+:class:`WindowRunner` has the slot interface of :class:`~models.runtime.slots.StepRunner`. Each slot
 keeps a rolling buffer of its last ``T`` frames. A slot is **evaluated** at the step that brings its
 frame count ``c`` (since open / reset) to ``c >= T`` with ``(c - T) % hop == 0``: the network runs
 on the ordered window of the last ``T`` frames (batched over every slot due at that call). So the
 first evaluation comes with the ``T``-th frame, then one every ``hop`` frames.
 
-Rows of :class:`~models.runtime.runner.StepResult` for a window runner:
+Rows of :class:`~models.runtime.slots.StepResult` for a window runner:
 
 * ``evaluated[i]`` is True when slot ``i`` was evaluated at this call;
 * ``out[i]`` is the output-layer spike rate (mean over the window) of the slot's **latest**
@@ -28,26 +28,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.network import SpikingNet
+from models.network import NetOutput, SpikingNet
 from models.runtime.bundle import Bundle, ModelCard
-from models.runtime.runner import Device, StepRunner, _resolve_device, make_session
+from models.runtime.ort_runner import make_session
+from models.runtime.slots import Device, StepRunner
+from models.runtime.torch_runner import resolve_device
 
 Evaluator = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # [T, m, C, H, W] -> ([m, K], [m, L])
 
 
+def window_means(o: NetOutput) -> tuple[torch.Tensor, torch.Tensor]:
+    """A window's output rate and spikes per layer per timestep: sums over T divided by T (an exact
+    sum and one division, which every backend rounds alike; a mean may multiply by 1/T instead)."""
+    t = o.out.shape[0]
+    return o.out.sum(0) / t, o.counts.sum(0) / t
+
+
 class TorchWindowEval:
-    """Multi-step forward of the network (BatchNorm folded) on a batch of windows."""
+    """Multi-step forward of an exact network (a bundle's ``exact``) on a batch of windows."""
 
     def __init__(self, net: SpikingNet, device: Device = "auto") -> None:
-        from models.runtime.rewrite import fold_batchnorm
-
-        self.device = torch.device(_resolve_device(device))
-        self.net = fold_batchnorm(net).to(self.device)
+        self.device = torch.device(resolve_device(device))
+        self.net = net.to(self.device).eval()
 
     @torch.inference_mode()
     def __call__(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        o = self.net(torch.from_numpy(windows).to(self.device))
-        return o.out.mean(0).float().cpu().numpy(), o.counts.mean(0).float().cpu().numpy()
+        out, counts = window_means(self.net(torch.from_numpy(windows).to(self.device)))
+        return out.float().cpu().numpy(), counts.float().cpu().numpy()
 
 
 class OrtWindowEval:
@@ -96,10 +103,14 @@ class WindowRunner(StepRunner):
         hop: int | None = None,
     ) -> WindowRunner:
         if backend == "torch":
-            ev: Evaluator = TorchWindowEval(bundle.net, device)
+            ev: Evaluator = TorchWindowEval(bundle.exact, device)
+            where = ev.device.type
         else:
             ev = OrtWindowEval(bundle.onnx_path, device, threads)
-        return cls(bundle.net, bundle.card, ev, hop=hop, capacity=capacity)
+            where = "cuda" if ev.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        runner = cls(bundle.exact, bundle.card, ev, hop=hop, capacity=capacity)
+        runner.device = where
+        return runner
 
     def bytes_per_stream(self) -> int:
         """Host memory of one slot: its frame buffer and latest outputs (float32)."""
@@ -136,4 +147,4 @@ class WindowRunner(StepRunner):
         return self._out[rows].copy(), self._counts[rows].copy(), due
 
 
-__all__ = ["OrtWindowEval", "TorchWindowEval", "WindowRunner"]
+__all__ = ["OrtWindowEval", "TorchWindowEval", "WindowRunner", "window_means"]

@@ -169,10 +169,18 @@ def test_train_and_eval_commands_on_synthetic(tmp_path, capsys):
     card = build_card(net, classes=data["classes"], sensor=data["sensor"], ds=data["ds"], dt_us=data["dt_us"],
                       metrics=info["metrics"], dataset=data["dataset"], train_config=info["train_config"])
     save_bundle(tmp_path / "bundle", card, net, None)
-    out2 = tmp_path / "eval-bundle.json"
-    assert cli(eval_cli, [str(tmp_path / "bundle"), "--json", str(out2), "--no-progress", "--threads", "1"]) == 0
-    again = json.loads(out2.read_text())
-    assert again["accuracy"] == report["accuracy"] and again["nasfr"] == report["nasfr"]
+    def evaluate(model, *extra):
+        out = tmp_path / f"eval-{len(list(tmp_path.glob('eval-*.json')))}.json"
+        assert cli(eval_cli, [str(model), "--json", str(out), "--no-progress", "--threads", "1", *extra]) == 0
+        return json.loads(out.read_text())
+
+    as_trained = evaluate(tmp_path / "bundle", "--arithmetic", "float32")
+    assert as_trained["arithmetic"] == "float32" and report["arithmetic"] == "float32"
+    assert as_trained["accuracy"] == report["accuracy"] and as_trained["nasfr"] == report["nasfr"]
+    # a bundle is evaluated in its exact form by default: the form an export gives the checkpoint
+    served, exported = evaluate(tmp_path / "bundle"), evaluate(run / "best.pt", "--arithmetic", "exact")
+    assert served["arithmetic"] == exported["arithmetic"] == "exact"
+    assert served["accuracy"] == exported["accuracy"] and served["nasfr"] == exported["nasfr"]
 
 
 def test_trains_on_a_dvs128_gesture_folder(tmp_path):

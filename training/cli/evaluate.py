@@ -7,7 +7,10 @@ Examples::
     asasnn eval models/bundled/default                  # a bundle directory
 
 The data is the one the model was trained on (dataset, binning, T from the checkpoint); ``--split``,
-``--root`` and ``--clips`` change where and how it is tested. The JSON (default: ``eval-<split>.json``
+``--root`` and ``--clips`` change where and how it is tested. A bundle is evaluated in its exact form
+(docs/exact.md), which is what the runtime computes, and a checkpoint in float32 as trained;
+``--arithmetic`` picks the other (a checkpoint's exact form is the one an export would give it).
+``--update-card`` writes a bundle's accuracy and NASFR into its card. The JSON (default: ``eval-<split>.json``
 beside a checkpoint, or the working directory for a bundle) holds every number of the table.
 """
 
@@ -33,14 +36,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--cache-dir", default=None, help="frame cache directory (default: the run's)")
     parser.add_argument("--json", dest="json_path", default=None, help="where to write the JSON report")
+    parser.add_argument(
+        "--arithmetic",
+        choices=("exact", "float32"),
+        default=None,
+        help="the network's exact form (default for a bundle) or its float32 weights as trained (default for a checkpoint)",
+    )
+    parser.add_argument(
+        "--update-card", action="store_true", help="bundle: write the accuracy and NASFR into its card.json"
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 
-def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
+def load_model(path: str | Path, arithmetic: str | None = None) -> tuple[Any, dict[str, Any]]:
     """``(network in eval mode, checkpoint-like dict with config, data, train_config, metrics)``.
 
     Accepts a checkpoint file, a run directory (``best.pt``, else ``last.pt``) or a bundle directory
-    (``models.runtime.bundle.load_bundle``).
+    (``models.runtime.bundle.load_bundle``). ``arithmetic``: ``"exact"`` (a bundle's exact network;
+    for a checkpoint the exact form an export would give it) or ``"float32"`` (the weights as
+    trained); default exact for a bundle, float32 for a checkpoint. The dict's ``arithmetic`` says.
     """
     import torch
 
@@ -51,25 +65,26 @@ def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
     if path.is_dir() and not (path / "best.pt").exists() and not (path / "last.pt").exists():
         from models.runtime.bundle import load_bundle  # a bundle directory
 
-        return _from_bundle(load_bundle(path, check_graph=False), path)  # the torch network is enough
+        return _from_bundle(load_bundle(path, check_graph=False), path, arithmetic or "exact")
     if path.is_dir():
         path = path / ("best.pt" if (path / "best.pt").exists() else "last.pt")
     ck = torch.load(path, map_location="cpu", weights_only=True)
     net = SpikingNet(NetworkConfig.from_dict(ck["config"]))
     net.load_state_dict(ck["model"])
-    return net.eval(), {k: ck.get(k) for k in ("config", "data", "train_config", "metrics", "command")} | {"path": str(path)}
+    info = {k: ck.get(k) for k in ("config", "data", "train_config", "metrics", "command")} | {"path": str(path)}
+    if arithmetic == "exact":
+        from models.runtime.exact import exact_network, exact_spec
+
+        return exact_network(net, exact_spec(net)), info | {"arithmetic": "exact"}
+    return net.eval(), info | {"arithmetic": "float32"}
 
 
-def _from_bundle(bundle: Any, path: Path) -> tuple[Any, dict[str, Any]]:
-    """Read what a bundle offers: a network and a card with the checkpoint's data / train_config."""
-    net = getattr(bundle, "net", None) or getattr(bundle, "network", None) or getattr(bundle, "model", None)
-    card = getattr(bundle, "card", None) or {}
-    if not isinstance(card, dict):
-        card = card.to_dict() if hasattr(card, "to_dict") else vars(card)
-    if net is None or "data" not in card:
-        raise ValueError(f"{path}: bundle does not expose a network and its data description")
+def _from_bundle(bundle: Any, path: Path, arithmetic: str) -> tuple[Any, dict[str, Any]]:
+    """A bundle's exact (or float32) network and its card's checkpoint-style description."""
+    card = bundle.card.to_dict()
     info = {k: card.get(k) for k in ("config", "data", "train_config", "metrics", "command")}
-    return net.eval(), info | {"path": str(path)}
+    net = bundle.exact if arithmetic == "exact" else bundle.net.eval()
+    return net, info | {"path": str(path), "arithmetic": arithmetic}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from training.loop import frame_dataset, open_source
 
     try:
-        net, info = load_model(args.model)
+        net, info = load_model(args.model, args.arithmetic)
     except Exception as err:  # noqa: BLE001 (missing file, not a checkpoint, a bundle that does not validate, ...)
         print(f"asasnn eval: cannot load {args.model}: {type(err).__name__}: {str(err).splitlines()[0][:300]}", file=sys.stderr)
         return 2
@@ -118,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         "data": cfg.data_description,
         "classes": list(data["classes"]),
         "network": net.cfg.name,
+        "arithmetic": info["arithmetic"],
         "attention": net.cfg.to_dict()["attention"],
         "dt_us": cfg.dt_us,
         "ds": cfg.ds,
@@ -127,9 +143,45 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.json_path) if args.json_path else _default_json(Path(info["path"]), cfg.val_split)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{report['model']}  ({net.cfg.name}, attention {net.cfg.attention.kind}) on the {report['data']}")
+    print(
+        f"{report['model']}  ({net.cfg.name}, attention {net.cfg.attention.kind}, {info['arithmetic']} arithmetic) "
+        f"on the {report['data']}"
+    )
     print(format_table(report))
     print(f"\nJSON report: {out}")
+    if args.update_card:
+        if info["arithmetic"] != "exact" or not (Path(args.model) / "card.json").is_file():
+            print("asasnn eval: --update-card takes a bundle in its exact form", file=sys.stderr)
+            return 2
+        float_net, _ = load_model(args.model, "float32")  # the float32 figures beside the exact ones
+        floats = predict(float_net.to(device), dataset, None, args.batch_size, device, amp=False,
+                         num_workers=args.num_workers, progress=args.progress)
+        return _update_card(Path(args.model), report, summarize(floats, energy, cfg.timesteps, data["classes"]))
+    return 0
+
+
+def _update_card(bundle_dir: Path, report: dict[str, Any], floats: dict[str, Any]) -> int:
+    """Write the evaluation's accuracy (vote, clip) and NASFR into a bundle's card, with the float32
+    network's beside them (nothing else changes)."""
+    from models.runtime.bundle import CARD_FILE, read_card
+
+    card = read_card(bundle_dir)
+    metrics = card.metrics.model_copy(
+        update={
+            "accuracy": report["accuracy"]["vote"],
+            "clip_accuracy": report["accuracy"]["clip"],
+            "nasfr": report["nasfr"],
+            "float32_accuracy": floats["accuracy"]["vote"],
+            "float32_clip_accuracy": floats["accuracy"]["clip"],
+            "float32_nasfr": floats["nasfr"],
+            "data": f"{report['data']}; exact arithmetic (float32_*: the weights as trained)",
+            "split": report["split"],
+            "command": f"asasnn eval {bundle_dir} --update-card",
+        }
+    )
+    card = card.model_copy(update={"metrics": metrics})
+    (bundle_dir / CARD_FILE).write_text(card.model_dump_json(indent=2) + "\n")
+    print(f"updated {bundle_dir / CARD_FILE}: accuracy {metrics.accuracy:.4f}, NASFR {metrics.nasfr:.4f}")
     return 0
 
 

@@ -11,9 +11,12 @@ file written by ``torch.save`` and loaded with ``torch.load(weights_only=True)``
     metrics   {accuracy, nasfr, data, ...}   (optional; copied to the model card)
     command, train_config                    (optional; copied to the model card)
 
-The graph is checked against the PyTorch network on random frames and on real ones (``--frames``
-or ``--events``, else synthetic gestures of the card's sensor); a bundle that disagrees is not
-written and the command exits with 1. ``--check DIR`` re-runs that check on a written bundle.
+The bundle holds the network's exact form (docs/exact.md): weights on per-layer dyadic grids chosen
+so that every sum is exact, frames saturating at ``--max-count`` events. The graph is compared with
+that form in PyTorch, value for value, on random frames and on real ones (``--frames`` or
+``--events``, else synthetic gestures of the card's sensor); a bundle with any differing value is
+not written and the command exits with 1. ``--check DIR`` re-runs that check on a written bundle.
+A bundle directory of format 1 (float arithmetic) is re-exported in the exact form.
 """
 
 from __future__ import annotations
@@ -36,9 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--frames", help="real frames for the check: .npy / .npz array [T, (B,) 2, H, W]")
     parser.add_argument("--events", help="real events for the check: a recording models.events can read")
-    parser.add_argument("--min-agreement", type=float, default=0.9999, help="spike agreement needed (0..1)")
     parser.add_argument(
-        "--rate-tol", type=float, default=None, help="output-rate tolerance (default max(0.1, 1.5 / T))"
+        "--max-count",
+        type=int,
+        default=1023,
+        help="events per frame cell at which the exact form saturates; bounds the first layer's sums (default 1023)",
     )
     parser.add_argument("--force", action="store_true", help="replace a non-empty output directory")
 
@@ -109,10 +114,10 @@ def _real_frames(args: argparse.Namespace, card: Any) -> Any:
 
 def _print_report(rep: Any, out: Any = None) -> None:
     out = out or sys.stdout
+    bad = sum(rep.mismatches.values())
     print(
-        f"  spike agreement {rep.spike_agreement:.6%} (need >= {rep.min_agreement:.4%}), "
-        f"max output difference {rep.max_out_diff:.3g}, output-rate difference {rep.max_rate_diff:.3g} "
-        f"(tol {rep.rate_tol:.3g}), max membrane difference {rep.max_state_diff:.3g}",
+        f"  {sum(rep.compared.values())} values compared (outputs, spikes and state of every layer and step), "
+        f"{bad} differ" + (f"; first: {rep.first_mismatch}" if bad else ""),
         file=out,
     )
     rates = ", ".join(f"{r:.3f}" for r in rep.layer_rates)
@@ -123,7 +128,8 @@ def _print_report(rep: Any, out: Any = None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.runtime.bundle import BundleError, load_bundle
+    from models.runtime.bundle import BundleError, load_bundle, load_for_export
+    from models.runtime.exact import ExactRangeError, exact_spec
     from models.runtime.export import VerificationError, build_card, export_bundle, verify_bundle
 
     src = Path(args.checkpoint)
@@ -134,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"asasnn export: --check needs a bundle directory, got {src}", file=sys.stderr)
                 return 2
             card = load_bundle(src, check_graph=False).card
-            rep = verify_bundle(src, _real_frames(args, card), args.min_agreement, args.rate_tol)
+            rep = verify_bundle(src, _real_frames(args, card))
             print(f"{src}: {'verified' if rep.passed else 'FAILED verification'}")
             _print_report(rep)
             return 0 if rep.passed else 1
@@ -142,13 +148,12 @@ def run(args: argparse.Namespace) -> int:
             print("asasnn export: -o/--output is required", file=sys.stderr)
             return 2
         if is_bundle:
-            b = load_bundle(src, check_graph=False)
-            net, card = b.net, b.card
+            card, net = load_for_export(src)
             update = {
                 k: v for k, v in (("name", args.name), ("version", args.version), ("hop", args.hop)) if v
             }
-            card = card.model_copy(update=update | {"onnx": None, "verification": None})
-            card = type(card).model_validate(card.model_dump())
+            card = type(card).model_validate(card.model_dump() | update)
+            arithmetic = exact_spec(net, max_count=args.max_count)
         else:
             net, ck = load_checkpoint(src)
             data = ck["data"]
@@ -165,24 +170,27 @@ def run(args: argparse.Namespace) -> int:
                 dataset=data.get("dataset"),
                 command=ck.get("command"),
                 train_config=ck.get("train_config"),
+                max_count=args.max_count,
             )
+            arithmetic = card.arithmetic
         card = export_bundle(
             net,
             card,
             args.output,
             real_frames=_real_frames(args, card),
-            min_agreement=args.min_agreement,
-            rate_tol=args.rate_tol,
+            arithmetic=arithmetic,
             overwrite=args.force,
         )
     except VerificationError as err:
         print(f"asasnn export: refusing to write {args.output}: {err}", file=sys.stderr)
         _print_report(err.report, sys.stderr)
         return 1
-    except (BundleError, ValueError, TypeError, FileExistsError, OSError) as err:
+    except (BundleError, ExactRangeError, ValueError, TypeError, FileExistsError, OSError) as err:
         print(f"asasnn export: {err}", file=sys.stderr)
         return 2
-    assert card.verification is not None
+    assert card.verification is not None and card.arithmetic is not None
     print(f"wrote {args.output} ({card.mode} mode, {card.name} {card.version}, attention {card.attention})")
+    bits = ", ".join(f"{n} 2^-{k}" for n, k in zip(net.layer_names, card.arithmetic.weight_bits))
+    print(f"  exact form: weight grids {bits}; frames saturate at {card.arithmetic.max_count} events")
     _print_report(card.verification)
     return 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 
 from service.api.deps import AuthDep, ReadyDep, lookup_model
@@ -23,13 +21,4 @@ async def list_models(state: ReadyDep) -> ModelList:
 @router.get("/{name}", response_model=ModelCardPublic, responses={404: {"description": "unknown model"}})
 async def get_model(name: str, state: ReadyDep) -> ModelCardPublic:
     entry = lookup_model(state, name)
-    return ModelCardPublic(**state.summary(entry).model_dump(), card=_card_dict(entry.runner.card))
-
-
-def _card_dict(card: Any) -> dict[str, Any]:
-    for attr in ("to_dict", "model_dump"):
-        if hasattr(card, attr):
-            return getattr(card, attr)()
-    from dataclasses import asdict, is_dataclass
-
-    return asdict(card) if is_dataclass(card) else dict(vars(card))
+    return ModelCardPublic(**state.summary(entry).model_dump(), card=entry.runner.card.to_dict())

@@ -40,6 +40,7 @@ SPECS = {
     "tiny-causal": Spec("tiny", "causal-asa", 16, (32, 32), (128, 128), 4),
     "gesture3-causal": Spec("gesture3", "causal-asa", 12, (16, 16), (64, 64), 4),
     "tiny-asa": Spec("tiny", "asa", 4, (32, 32), (128, 128), 4),
+    "gesture3-paper": Spec("gesture3", "causal-asa", 60, (32, 32), (128, 128), 4),  # the paper's size
 }
 STEP_KINDS = ("tiny-none", "tiny-causal", "gesture3-causal")
 
@@ -53,11 +54,11 @@ def make_net(key: str, seed: int = 0) -> SpikingNet:
     return calibrate_untrained(net, frames)
 
 
-def export(key: str, out: Path, seed: int = 0) -> Bundle:
+def export(key: str, out: Path, seed: int = 0, steps: int | None = None) -> Bundle:
     s = SPECS[key]
     net = make_net(key, seed)
     card = build_card(
         net, classes=CLASSES, sensor=s.sensor, ds=s.ds, dt_us=20_000, hop=2 if s.attention == "asa" else None
     )
-    export_bundle(net, card, out)
+    export_bundle(net, card, out, steps=steps)
     return load_bundle(out)

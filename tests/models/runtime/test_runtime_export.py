@@ -1,6 +1,8 @@
-"""Export: BatchNorm folding, the ONNX step graph, verification, refusal of disagreeing graphs, the CLI."""
+"""Export: the ONNX step graph, the exact form's bounds, verification by equality (refusing subtly
+tampered bundles), the CLI."""
 
 import argparse
+import json
 import shutil
 
 import numpy as np
@@ -12,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 import models.runtime.export as E
 from models.runtime.bundle import WEIGHTS_FILE, load_bundle
-from models.runtime.runner import make_session
+from models.runtime.ort_runner import make_session
 from training.cli import export as cli
 
 
@@ -36,39 +38,56 @@ def test_step_graph_io_and_dynamic_batch(bundles, frames_for):
 
 def test_card_records_a_non_vacuous_verification(bundles):
     for key in ("tiny-none", "tiny-causal", "gesture3-causal"):
-        v = bundles[key].card.verification
-        assert v.passed and v.spike_agreement >= 0.9999 and v.rate_tol > 0
+        card = bundles[key].card
+        v = card.verification
+        assert v.passed and not any(v.mismatches.values()) and v.first_mismatch is None
+        assert v.compared["out"] > 0 and v.compared["conv1.h.next"] > 0 and v.compared["fc2.spikes"] > 0
         assert all(r > 0 for r in v.layer_rates), (key, v.layer_rates)
         assert v.frames[0] == "random" and len(v.frames) == 2  # and synthetic gestures
         assert v.streams == 5
+        a = card.arithmetic
+        assert a.kind == "exact" and len(a.weight_bits) == 5 and all(6 <= k <= 24 for k in a.weight_bits)
 
 
-def _tampered(bundles, tmp_path, scale: float):
-    d = tmp_path / "tampered"
-    shutil.copytree(bundles["tiny-none"].path, d)
+def _tamper(bundles, tmp_path, name: str, change):
+    """A copy of the tiny causal-ASA bundle whose weights or card ``change`` edits (the graph stays)."""
+    d = tmp_path / name
+    shutil.copytree(bundles["tiny-causal"].path, d)
     w = load_file(str(d / WEIGHTS_FILE))
-    w["layers.1.synapse.0.weight"] = w["layers.1.synapse.0.weight"] * scale
+    card = json.loads((d / "card.json").read_text())
+    change(w, card)
     save_file(w, str(d / WEIGHTS_FILE))
+    (d / "card.json").write_text(json.dumps(card))
+    load_bundle(d)  # still a well-formed bundle ...
     return d
 
 
-def test_verify_bundle_accepts_a_good_bundle_and_refuses_a_tampered_one(bundles, tmp_path):
-    good = E.verify_bundle(bundles["tiny-none"].path)
-    assert good.passed and good.spike_agreement >= 0.9999
-    d = _tampered(bundles, tmp_path, 1.3)
-    load_bundle(d)  # still a well-formed bundle ...
-    bad = E.verify_bundle(d)  # ... whose graph no longer computes what its weights do
-    assert not bad.passed and bad.spike_agreement < 0.999
-    args = argparse.Namespace(
-        checkpoint=str(d),
-        output=None,
-        check=True,
-        frames=None,
-        events=None,
-        min_agreement=0.9999,
-        rate_tol=None,
-    )
-    assert cli.run(args) == 1
+def _one_quantum(w, card):
+    """The output layer's largest weight moved by one step of its grid (2^-k)."""
+    k = card["arithmetic"]["weight_bits"][-1]
+    fc = w["layers.4.synapse.weight"]
+    i = int(fc.abs().argmax())
+    fc.view(-1)[i] += 2.0**-k
+
+
+def _swap_output_rows(w, card):
+    """Classes 0 and 1 swapped: a label swap."""
+    fc = w["layers.4.synapse.weight"]
+    fc[[0, 1]] = fc[[1, 0]]
+
+
+def _nudge_threshold(w, card):
+    card["config"]["neuron"]["v_th"] = 0.3 + 1e-3
+
+
+@pytest.mark.parametrize("change", (_one_quantum, _swap_output_rows, _nudge_threshold))
+def test_verify_bundle_refuses_subtle_tampering(bundles, tmp_path, change):
+    assert E.verify_bundle(bundles["tiny-causal"].path).passed
+    d = _tamper(bundles, tmp_path, change.__name__, change)
+    bad = E.verify_bundle(d)  # ... whose graph no longer computes what its weights and card say
+    assert not bad.passed and bad.first_mismatch
+    assert sum(bad.mismatches.values()) >= 1
+    assert cli.run(_args(checkpoint=str(d), check=True)) == 1
 
 
 def test_export_refuses_a_disagreeing_graph(bundles, tmp_path, monkeypatch):
@@ -77,10 +96,29 @@ def test_export_refuses_a_disagreeing_graph(bundles, tmp_path, monkeypatch):
     graph = E.add_spike_outputs(b.onnx_path.read_bytes(), b.net.layer_names)  # b's weights inside
     monkeypatch.setattr(E, "export_onnx", lambda n, mode, **kw: graph)
     out = tmp_path / "never"
-    with pytest.raises(E.VerificationError, match="spike agreement") as err:
+    with pytest.raises(E.VerificationError, match="differing values") as err:
         E.export_bundle(other, b.card, out)
     assert not err.value.report.passed
     assert not out.exists() and not list(tmp_path.iterdir())  # nothing written, no temp dir left
+
+
+def test_a_network_without_an_exact_form_is_refused(tmp_path):
+    from models.runtime.exact import ExactRangeError, exact_spec
+
+    net = make_net("tiny-none")
+    with torch.no_grad():  # first-layer sums of 1023 events could reach ~2^30: no grid keeps them exact
+        net.layers[0].synapse[1].weight.mul_(1e5)
+    with pytest.raises(ExactRangeError, match="conv1"):
+        exact_spec(net)
+    # a card whose grid is finer than its weights allow is refused at load
+    b = make_net("tiny-none")
+    card = E.build_card(b, classes=CLASSES, sensor=(128, 128), ds=4, dt_us=20_000)
+    card.arithmetic.weight_bits[0] = 24
+    from models.runtime.bundle import BundleError, save_bundle
+
+    save_bundle(tmp_path / "b", card, b, None)
+    with pytest.raises(BundleError, match="arithmetic does not fit"):
+        load_bundle(tmp_path / "b", check_graph=False)
 
 
 def _args(**kw):
@@ -92,8 +130,7 @@ def _args(**kw):
         "hop": None,
         "frames": None,
         "events": None,
-        "min_agreement": 0.9999,
-        "rate_tol": None,
+        "max_count": 1023,
         "force": False,
     }
     return argparse.Namespace(**(base | kw))
@@ -126,7 +163,7 @@ def test_cli_exports_a_checkpoint(tmp_path, capsys):
         == 0
     )
     text = capsys.readouterr().out
-    assert "spike agreement" in text and "max output difference" in text
+    assert "values compared" in text and ", 0 differ" in text and "weight grids conv1 2^-" in text
     b = load_bundle(out)
     assert b.card.name == "demo" and b.card.dataset == "synthetic" and b.card.metrics.accuracy == 0.5
     assert b.card.command == "asasnn train --preset tiny" and b.card.verification.frames == ["random", "real"]

@@ -9,7 +9,7 @@ from torch import nn
 import models.runtime.rewrite as R
 from models.attention import AttentionConfig, CausalASA, rank_mask
 from models.runtime.calibrate import untrained_network
-from models.runtime.runner import make_session
+from models.runtime.ort_runner import make_session
 
 
 def _ort(module: nn.Module, *args: torch.Tensor, dynamic: bool = True) -> object:
@@ -151,22 +151,23 @@ def test_spike_driven_linears_picks_large_layers():
 
 
 @pytest.mark.parametrize("attention", ("causal-asa", "none"))
-def test_inference_graph_steps_like_the_network(attention):
-    """All rewrites at once, stepped in PyTorch: the export's criterion (spike agreement)."""
-    from models.runtime.export import MIN_AGREEMENT, SpikeProbe, random_frames
+def test_inference_graph_of_an_exact_network_steps_exactly_like_it(attention):
+    """All rewrites at once on the exact form (what the export traces), stepped in PyTorch: every
+    spike and every piece of state equal to the plain exact network's."""
+    from models.runtime.exact import exact_network, exact_spec
+    from models.runtime.export import random_frames
 
     net = untrained_network("gesture3", attention)
-    fast = R.inference_graph(net, R.Rewrites())
+    exact = exact_network(net, exact_spec(net))
+    fast = R.inference_graph(exact, R.TORCH_REWRITES)
     frames = torch.from_numpy(random_frames(8, 2, (2, 32, 32), seed=5))
-    a, b = net.init_state(2), fast.init_state(2)
-    same = total = spikes = 0
+    a, b = exact.init_state(2), fast.init_state(2)
+    spikes = 0
     with torch.inference_mode():
         for t in range(frames.shape[0]):
-            pa, pb = SpikeProbe(), SpikeProbe()
-            _, a = net.step(frames[t], a, pa)
-            _, b = fast.step(frames[t], b, pb)
-            for x, y in zip(pa.spikes, pb.spikes):
-                same += int((x == y).sum())
-                total += x.numel()
-                spikes += int(x.sum())
-    assert spikes > 0 and same / total >= MIN_AGREEMENT
+            oa, a = exact.step(frames[t], a)
+            ob, b = fast.step(frames[t], b)
+            assert torch.equal(oa.counts, ob.counts)
+            assert all(torch.equal(x, y) for x, y in zip(a, b))
+            spikes += int(oa.counts.sum())
+    assert spikes > 0
