@@ -4,6 +4,8 @@ For each model (the bundled default, else the ``tiny`` preset with causal ASA; a
 ``gesture3`` with causal ASA, 2x32x32 input, T=60) and each batch size (streams stepped together):
 
 * ``onnx``  : :class:`OrtStepRunner` (the bundle's step graph, IO binding, two-page slot tables);
+* ``onnx-float``: the same runner on a graph exported from the float32 network with the same
+  rewrites: the arithmetic the exact form (docs/exact.md) replaced, to price exactness;
 * ``torch`` : :class:`TorchStepRunner`, eager (baseline b): the network as trained, BatchNorm folded;
 * ``torch-rewritten``: the same runner on the export's rewritten network (``rewrite=True``), which
   separates what the rewrites buy from what ONNX Runtime itself buys;
@@ -59,7 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batches", default="1,8,32,128", help="comma list of batch sizes (streams per step)"
     )
     parser.add_argument(
-        "--backends", default="onnx,torch,torch-rewritten", help="comma list: onnx, torch, torch-rewritten"
+        "--backends",
+        default="onnx,onnx-float,torch,torch-rewritten",
+        help="comma list: onnx, onnx-float, torch, torch-rewritten",
     )
     parser.add_argument(
         "--threads", type=int, default=2, help="threads for ONNX Runtime and torch (default 2)"
@@ -197,7 +201,7 @@ def _row(model: str, backend: str, batch: int, ms: list[float]) -> Row:
 def run(
     models: tuple[str, ...] = ("default", "gesture3"),
     batches: tuple[int, ...] = (1, 8, 32, 128),
-    backends: tuple[str, ...] = ("onnx", "torch", "torch-rewritten"),
+    backends: tuple[str, ...] = ("onnx", "onnx-float", "torch", "torch-rewritten"),
     threads: int = 2,
     budget: float = 2.0,
     window: bool = True,
@@ -207,7 +211,7 @@ def run(
 ) -> dict[str, Any]:
     import torch
 
-    from models.runtime.export import random_frames
+    from models.runtime.export import export_onnx, random_frames
     from models.runtime.ort_runner import OrtStepRunner
     from models.runtime.torch_runner import TorchStepRunner
     from models.runtime.window import TorchWindowEval
@@ -222,6 +226,9 @@ def run(
             runners: dict[str, Any] = {}
             if "onnx" in backends:
                 runners["onnx"] = OrtStepRunner(b.onnx_path, b.card, b.exact, "cpu", threads=threads)
+            if "onnx-float" in backends:  # the float32 arithmetic exactness replaced
+                graph = export_onnx(b.net, "step")
+                runners["onnx float32"] = OrtStepRunner(graph, b.card, b.exact, "cpu", threads=threads)
             if "torch" in backends:
                 runners["torch eager"] = TorchStepRunner(b.exact, b.card, "cpu")
             if "torch-rewritten" in backends:

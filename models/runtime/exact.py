@@ -18,11 +18,11 @@ therefore identical wherever the same operations run in the same order. The rule
    float64, where sums of float32 values on a grid are exact at any size used here
    (:class:`ExactChannelScore`, :func:`exact_maps`).
 4. **Spatial maps** (:class:`ExactSpatialMap`): the channel mean and max go on the grid
-   ``2^-map_bits`` (clipped to ``+-map_clip``), the 3x3 weights on ``2^-p`` (``p`` per layer,
-   float32-representable), so the 18 products of the map's convolution share one grid and their sum
-   is exact in float64; the convolution is a one-hot convolution that copies the 18 taps (exact)
-   and a float64 product with the weights. ASA-1's small mixing over T is summed in a fixed order
-   (:func:`fixed_order_matmul`).
+   ``2^-map_bits`` (clipped to ``+-map_clip``: at most 13-bit integers), the 3x3 weights on ``2^-p``
+   (18 significant bits, ``p`` per layer) written as three signed 6-bit digits; one float32
+   convolution per digit is an exact integer sum (below ``18 * 2^13 * 2^6 < 2^24``), and the three
+   are joined by power-of-two scalings and two additions in a fixed order (:func:`exact_maps`).
+   ASA-1's small mixing over T is summed in a fixed order (:func:`fixed_order_matmul`).
 5. **Transcendentals** become tables: the spatial maps' sigmoid is read from a table (linear
    interpolation between entries ``2^-sigmoid_bits`` apart) with a gather, because backends'
    ``Sigmoid`` / ``Exp`` differ in the last bits; the table comes from decimal arithmetic, the same
@@ -52,7 +52,6 @@ from models.network import SpikingNet
 from models.neuron import LIF
 
 FLOAT32_BITS = 24  # significand bits: integers up to 2^24 are exact in float32
-FLOAT64_BITS = 53
 MIN_WEIGHT_BITS = 6  # a coarser weight grid than 2^-6 is refused: the network would not be itself
 MAX_WEIGHT_BITS = 24
 
@@ -64,8 +63,8 @@ class ExactArithmetic(BaseModel):
     kind: Literal["exact"] = "exact"
     max_count: int = Field(default=1023, ge=1, le=1 << 16)  # frame cells saturate at this many events
     weight_bits: list[int]  # per layer: synapse weights and bias are integers times 2^-k
-    map_bits: int = Field(default=16, ge=0, le=20)  # spatial-map inputs on the grid 2^-map_bits ...
-    map_clip: int = Field(default=64, ge=1, le=1024)  # ... clipped to +-map_clip
+    map_bits: int = Field(default=8, ge=0, le=13)  # spatial-map inputs on the grid 2^-map_bits ...
+    map_clip: int = Field(default=32, ge=1, le=1 << 13)  # ... clipped to +-map_clip (clip * 2^bits <= 2^13)
     map_weight_bits: list[int | None]  # per layer with attention: spatial-map weights on 2^-p
     sigmoid_bits: int = Field(default=6, ge=0, le=10)  # sigmoid table step 2^-sigmoid_bits
     sigmoid_range: int = Field(default=16, ge=1, le=64)  # the table spans [-range, range]
@@ -97,30 +96,43 @@ def sigmoid_table(bits: int, span: int) -> Tensor:
     return torch.tensor(vals, dtype=torch.float64).float()
 
 
+def interpolation_table(values: Tensor) -> Tensor:
+    """``[n - 1, 2]``: each entry's value and the step to the next (float32 constants), so that one
+    gather fetches both."""
+    return torch.stack([values[:-1], values[1:] - values[:-1]], dim=1)
+
+
 def table_sigmoid(y: Tensor, scale: float, table: Tensor) -> Tensor:
-    """``sigmoid(y)`` by linear interpolation in ``table`` (:func:`sigmoid_table` with ``2^bits =
-    scale``). ``scale`` is a power of two, so ``y * scale`` is exact; clamping, floor, the gathers and
-    the interpolation are elementwise operations every backend rounds alike."""
-    half = (table.shape[0] - 1) // 2
+    """``sigmoid(y)`` by linear interpolation in ``table`` (:func:`interpolation_table` of
+    :func:`sigmoid_table` with ``2^bits = scale``). ``scale`` is a power of two, so ``y * scale`` is
+    exact; clamping, floor, the gather and the interpolation are elementwise operations every
+    backend rounds alike."""
+    half = table.shape[0] // 2
     pos = (y * scale).clamp(-half, half)
     base = torch.floor(pos).clamp(max=half - 1)
     frac = pos - base
-    idx = (base + half).long()
-    lo, hi = table[idx], table[idx + 1]
-    return lo + frac * (hi - lo)
+    idx = (base + half).long().flatten()
+    rows = table.index_select(0, idx)  # one 1-D Gather (a tensor index would export as GatherND)
+    return rows[:, 0].view_as(pos) + frac * rows[:, 1].view_as(pos)
 
 
-def tap_copier(groups: int) -> Tensor:
-    """One-hot 3x3 kernels ``[18 * groups, 2, 3, 3]``: with ``padding=1, groups=groups`` a convolution
-    of ``[B, 2 * groups, H, W]`` returns each pixel's 18 neighbourhood values, ``[B, 18 * groups, H, W]``
-    (tap ``c*9 + dy*3 + dx`` of group g at channel ``18g + tap``); each output is one input times 1
-    plus zeros, an exact copy."""
-    k = torch.zeros(18, 2, 3, 3)
-    for c in range(2):
-        for dy in range(3):
-            for dx in range(3):
-                k[c * 9 + dy * 3 + dx, c, dy, dx] = 1.0
-    return k.repeat(groups, 1, 1, 1)
+MAP_DIGITS = 3  # spatial-map weights: three signed base-64 digits, 18 significant bits
+MAP_DIGIT_BITS = 6
+MAP_INPUT_BITS = 13  # map inputs are integers below 2^13: 18 taps * 2^13 * 2^6 < 2^24
+
+
+def weight_digits(weight: Tensor, bits: int) -> Tensor:
+    """``[G, 2, 3, 3]`` map weights on the grid ``2^-bits`` as digit kernels ``[3G, 2, 3, 3]``:
+    ``round(w * 2^bits) = d0 * 2^12 + d1 * 2^6 + d2`` with ``|d| < 64`` (the three digits of group g
+    at output channels ``3g .. 3g + 2``)."""
+    n = torch.round(weight.detach().double() * 2.0**bits)
+    digits = []
+    for i in range(MAP_DIGITS):
+        unit = 2.0 ** (MAP_DIGIT_BITS * (MAP_DIGITS - 1 - i))
+        d = torch.trunc(n / unit)  # n and its digits share a sign, so every |d| < 64
+        digits.append(d)
+        n = n - d * unit
+    return torch.stack(digits, dim=1).flatten(0, 1).float()
 
 
 def fixed_order_matmul(x: Tensor, w: Tensor) -> Tensor:
@@ -148,11 +160,11 @@ class SigmoidTable(nn.Module):
 
     def __init__(self, bits: int, span: int) -> None:
         super().__init__()
-        self.register_buffer("values", sigmoid_table(bits, span))
+        self.register_buffer("table", interpolation_table(sigmoid_table(bits, span)))
         self.scale = 2.0**bits
 
     def forward(self, y: Tensor) -> Tensor:
-        return table_sigmoid(y, self.scale, self.values)
+        return table_sigmoid(y, self.scale, self.table)
 
 
 class ExactChannelScore(nn.Module):
@@ -181,35 +193,36 @@ class ExactSpatialMap(nn.Module):
 
     def __init__(self, sm: SpatialMap, spec: ExactArithmetic, weight_bits: int, sigmoid: SigmoidTable) -> None:
         super().__init__()
-        # float32 buffers that hold their exact values (a float64 buffer would be rounded by .float())
-        self.register_buffer("weight", on_grid(sm.conv.weight, weight_bits).reshape(1, 1, 18))
-        self.register_buffer("taps", tap_copier(1))
-        self.map_bits, self.map_clip = spec.map_bits, spec.map_clip
+        self.register_buffer("digits", weight_digits(sm.conv.weight, weight_bits))  # [3, 2, 3, 3]
+        self.map_bits, self.map_clip, self.weight_bits = spec.map_bits, spec.map_clip, weight_bits
         self.sigmoid = sigmoid
 
     def forward(self, z: Tensor, mean_scale: float = 1.0) -> Tensor:
         total = z.double().sum(dim=1, keepdim=True)
         peak = z.amax(dim=1, keepdim=True)
-        return exact_maps(self, self.taps, self.weight, total, peak, (z.shape[1] * mean_scale,))
+        return exact_maps(self, self.digits, total, peak, (z.shape[1] * mean_scale,))
 
 
 def exact_maps(
-    arith: ExactSpatialMap, taps: Tensor, weight: Tensor, totals: Tensor, peaks: Tensor, counts: Sequence[float]
+    arith: ExactSpatialMap, digits: Tensor, totals: Tensor, peaks: Tensor, counts: Sequence[float]
 ) -> Tensor:
     """Spatial maps of ``G`` groups at once: ``totals`` (float64 channel sums, exact) and ``peaks``
     (channel maxima), both ``[B, G, H, W]``; ``counts[g]`` turns group g's sum into its mean;
-    ``taps`` :func:`tap_copier` of G, ``weight [G, 1, 18]`` on the map's grid. Returns
+    ``digits`` the groups' :func:`weight_digits` ``[3G, 2, 3, 3]``. Returns
     ``sigmoid(conv3x3([mean, max]))`` as ``[B, G, H, W]``."""
     scale = 2.0**arith.map_bits
-    lim = float(arith.map_clip)
-    inv = torch.tensor([as_float32(scale / c) for c in counts], dtype=torch.float64, device=totals.device)
-    mean = (torch.round(totals * inv.view(1, -1, 1, 1)) / scale).clamp(-lim, lim).float()
-    peak = (torch.round(peaks * scale) / scale).clamp(-lim, lim)
+    lim = float(arith.map_clip) * scale
+    factors = torch.tensor([as_float32(scale / c) for c in counts], dtype=torch.float64, device=totals.device)
+    mean = torch.round(totals * factors.view(1, -1, 1, 1)).clamp(-lim, lim).float()
+    peak = torch.round(peaks * scale).clamp(-lim, lim)
     pooled = torch.stack([mean, peak], dim=2).flatten(1, 2)  # [B, 2G, H, W]: (mean, max) of each group
     b, g = pooled.shape[0], len(counts)
-    patches = F.conv2d(pooled, taps, padding=1, groups=g)  # [B, 18G, H, W], exact copies
-    y = torch.matmul(weight.double(), patches.double().view(b, g, 18, -1))  # [B, G, 1, H*W], exact sums
-    return arith.sigmoid(y.float().view(b, g, *pooled.shape[-2:]))
+    parts = F.conv2d(pooled, digits, padding=1, groups=g).view(b, g, MAP_DIGITS, *pooled.shape[-2:])
+    units = [2.0 ** (MAP_DIGIT_BITS * (MAP_DIGITS - 1 - i) - arith.weight_bits - arith.map_bits) for i in range(MAP_DIGITS)]
+    y = parts[:, :, 0] * units[0]  # exact integer sums, scaled by powers of two, added in one order
+    for i in range(1, MAP_DIGITS):
+        y = y + parts[:, :, i] * units[i]
+    return arith.sigmoid(y)
 
 
 class FixedOrderMix(nn.Module):
@@ -263,21 +276,10 @@ def _synapse_bits(lin: nn.Conv2d | nn.Linear, in_max: float, extra: int) -> int:
     return _finest_bits(start, lambda k: _fits(_sum_bound(_quantised_linear(lin, k), in_max), k + extra))
 
 
-def _map_bound(weight: Tensor, clip: float, map_bits: int, bits: int) -> float:
-    """Largest ``sum |tap products|`` of a spatial map in units of its product grid ``2^-(q+p)``."""
-    return float(torch.round(weight.detach().double() * 2.0**bits).abs().sum()) * clip * 2.0**map_bits
-
-
-def _map_weight_bits(maps: Sequence[SpatialMap], clip: float, map_bits: int) -> int:
-    """The finest weight grid of a layer's spatial maps that keeps each weight exact in float32 and
-    every map's 18-product sum exact in float64."""
-    weights = [m.conv.weight for m in maps]
-    biggest = max(float(w.detach().abs().max()) for w in weights)
-    start = min(
-        FLOAT32_BITS - math.ceil(math.log2(max(biggest, 2.0**-30)) + 1e-12),  # float32-representable
-        FLOAT64_BITS - math.log2(max(_map_bound(w, clip, map_bits, 0) for w in weights) + 2.0**-30),
-    )
-    return _finest_bits(start, lambda p: all(_map_bound(w, clip, map_bits, p) < 2.0**FLOAT64_BITS for w in weights))
+def _map_weight_bits(maps: Sequence[SpatialMap]) -> int:
+    """The grid of a layer's spatial-map weights: 18 significant bits below the largest weight."""
+    biggest = max(float(m.conv.weight.detach().abs().max()) for m in maps)
+    return MAP_DIGITS * MAP_DIGIT_BITS - math.floor(math.log2(max(biggest, 2.0**-30))) - 1
 
 
 def _quantised_linear(lin: nn.Conv2d | nn.Linear, bits: int) -> nn.Module:
@@ -292,8 +294,8 @@ def _quantised_linear(lin: nn.Conv2d | nn.Linear, bits: int) -> nn.Module:
 def exact_spec(
     net: SpikingNet,
     max_count: int = 1023,
-    map_bits: int = 16,
-    map_clip: int = 64,
+    map_bits: int = 8,
+    map_clip: int = 32,
     sigmoid_bits: int = 6,
     sigmoid_range: int = 16,
 ) -> ExactArithmetic:
@@ -318,7 +320,7 @@ def exact_spec(
         weight_bits.append(k)
         in_max = 1.0  # every later layer's input is spikes
         maps = [m for m in layer.modules() if type(m) is SpatialMap]
-        map_weight_bits.append(_map_weight_bits(maps, map_clip, map_bits) if maps else None)
+        map_weight_bits.append(_map_weight_bits(maps) if maps else None)
         w = layer.lif.w
         decay.append(None if w is None else float(torch.sigmoid(w.detach().double()).float()))
     return ExactArithmetic(
@@ -378,8 +380,8 @@ def exact_network(net: SpikingNet, spec: ExactArithmetic) -> SpikingNet:
 
 def check_ranges(exact: SpikingNet, spec: ExactArithmetic) -> None:
     """Prove the bounds of an exact network: every synaptic sum inside the exact float32 range of its
-    weight grid (two bits more where an average pool follows), every spatial map's sum inside the
-    exact float64 range. :class:`ExactRangeError` otherwise."""
+    weight grid (two bits more where an average pool follows), every spatial map's digit sums
+    inside it too (6-bit digits, inputs below 2^13). :class:`ExactRangeError` otherwise."""
     in_max = float(spec.max_count)
     layers = zip(exact.layer_names, exact.layers, spec.weight_bits, spec.map_weight_bits)
     for name, layer, bits, map_bits in layers:
@@ -391,9 +393,8 @@ def check_ranges(exact: SpikingNet, spec: ExactArithmetic) -> None:
             raise ExactRangeError(f"{name}: sums up to {bound:.4g} are not exact on the grid 2^-{bits}")
         in_max = 1.0
         for m in layer.modules():
-            if isinstance(m, ExactSpatialMap) and not (
-                map_bits is not None
-                and _map_bound(m.weight, spec.map_clip, spec.map_bits, map_bits) < 2.0**FLOAT64_BITS
-                and float(m.weight.abs().max()) * 2.0**map_bits < 2.0**FLOAT32_BITS
+            if isinstance(m, ExactSpatialMap) and (
+                float(m.digits.abs().max()) >= 2**MAP_DIGIT_BITS
+                or spec.map_clip * 2.0**spec.map_bits > 2.0**MAP_INPUT_BITS
             ):
                 raise ExactRangeError(f"{name}: spatial-map sums are not exact with weights on 2^-{map_bits}")

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from models.attention import CausalASA, SpatialMap
 from models.network import SpikingNet
-from models.runtime.exact import ExactSpatialMap, exact_maps, tap_copier
+from models.runtime.exact import ExactSpatialMap, exact_maps
 
 
 # ---- folding -------------------------------------------------------------------------------------
@@ -207,20 +207,19 @@ class StreamASA(CausalASA):
         c, lam = asa.channels, asa.cfg.lam
         self.counts = (c * lam, c * (1 - lam))  # the channels each group's mean divides by
         self.exact = isinstance(asa.sa1, ExactSpatialMap)
-        weights = [m.weight if self.exact else m.conv.weight for m in (asa.sa1, asa.sa2)]
-        self.register_buffer("map_weight", torch.cat(weights).detach().clone())  # [2, 2, 3, 3] / exact [2, 1, 18]
-        if self.exact:
-            self.register_buffer("taps", tap_copier(2))
+        weights = [m.digits if self.exact else m.conv.weight for m in (asa.sa1, asa.sa2)]
+        self.register_buffer("map_weight", torch.cat(weights).detach().clone())  # [2, 2, 3, 3]; exact: digits [6, ...]
         self.register_buffer("mean_weight", torch.tensor([1 / n for n in self.counts]).view(1, 2, 1))
 
     def step(self, x: Tensor, num: Tensor, den: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        m1, m2, num, den = self.masks_step(x, num, den)
+        wide = x.double() if self.exact else x  # one cast serves the scores' and the maps' exact sums
+        m1, m2, num, den = self.masks_step(wide, num, den)
         g = torch.stack([m1, m2], dim=1)  # [B, 2, C]
         z = x.unsqueeze(1) * g[..., None, None]  # [B, 2, C, H, W]
         peak = _channel_max(z).flatten(1, 2)  # [B, 2, H, W]
         if self.exact:
-            totals = torch.matmul(g.double(), x.flatten(2).double()).view_as(peak)
-            att = exact_maps(self.sa1, self.taps, self.map_weight, totals, peak, self.counts)
+            totals = torch.matmul(g.double(), wide.flatten(2)).view_as(peak)
+            att = exact_maps(self.sa1, self.map_weight, totals, peak, self.counts)
         else:
             mean = torch.matmul(g * self.mean_weight, x.flatten(2)).view_as(peak)
             pooled = torch.stack([mean, peak], dim=2).flatten(1, 2)  # [B, 4, H, W]
