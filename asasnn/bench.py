@@ -6,6 +6,10 @@
 * ``asasnn bench rewrites``: what each export rewrite buys on one network's ONNX step, against the
   torch eager step (benchmarks/bench_rewrites.py).
 * ``asasnn bench encoder``: event-binning throughput of FrameBinner (benchmarks/bench_encoder.py).
+* ``asasnn bench service``: end-to-end latency of N streams against a real server
+  (benchmarks/bench_service.py).
+* ``asasnn bench soak``: healthy real-time streams beside a hostile client mix for minutes: lost or
+  reordered predictions, their latency, the server's memory over time (benchmarks/bench_soak.py).
 
 The scripts are loaded by file path when chosen, so this command needs a source checkout.
 """
@@ -33,7 +37,13 @@ def _load(name: str) -> ModuleType:
     return module
 
 
-SCRIPTS = {"runtime": "bench_runtime", "rewrites": "bench_rewrites", "encoder": "bench_encoder"}
+SCRIPTS = {
+    "runtime": "bench_runtime",
+    "rewrites": "bench_rewrites",
+    "encoder": "bench_encoder",
+    "service": "bench_service",
+    "soak": "bench_soak",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     helps = {
         "runtime": "stepwise runtime latency and throughput (ONNX Runtime, torch)",
         "rewrites": "what each export rewrite buys (ONNX step vs torch eager step)",
+        "service": "end-to-end latency of N streams against a real server",
+        "soak": "healthy streams beside a hostile client mix: losses, latency, memory over time",
     }
     for target, text in helps.items():
         p = sub.add_parser(target, help=text)

@@ -318,10 +318,11 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(p)
-    args = p.parse_args(argv)
+def main(args: argparse.Namespace | list[str] | None = None) -> int:
+    if not isinstance(args, argparse.Namespace):
+        p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+        add_arguments(p)
+        args = p.parse_args(args)
     with tempfile.TemporaryDirectory() as tmp:
         if args.url:
             result = asyncio.run(run_streams(args.url, args))

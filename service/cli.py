@@ -121,8 +121,7 @@ def run(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        ws_max_size=settings.ws_max_size,
-        ws_per_message_deflate=False,
+        **settings.uvicorn_ws_options,
         timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
     )
     server = DrainingServer(config, app.state.service)

@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     # Security and limits
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_sessions: int = Field(64, ge=1)
+    # connections that have not sent 'start' yet: a separate, smaller budget with a short timeout, so
+    # idle sockets cannot hold the session slots
+    max_pending_connections: int = Field(256, ge=1)
+    start_timeout_s: float = Field(10.0, gt=0)
+    # browser pages allowed to open /ws/infer (Origin header), e.g. "https://viewer.example.org";
+    # empty: only pages served by this server; "*": any. Clients without an Origin are not affected.
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_packet_bytes: int = Field(4 * 1024 * 1024, ge=13)
     max_events_per_second: float = Field(5_000_000, gt=0)  # per session, token bucket
     rate_burst_s: float = Field(1.0, gt=0)  # bucket size in seconds of max_events_per_second
@@ -71,8 +78,13 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1)  # per recording, POST /v1/classify
     max_batch_files: int = Field(16, ge=1)
     max_recording_steps: int = Field(200_000, ge=1)
+    max_recording_events: int = Field(10_000_000, ge=1)  # decoded events per recording
+    # uploads are decoded in child processes (service/decoding.py) with these limits
+    decode_timeout_s: float = Field(20.0, gt=0, le=3600)
+    decode_memory_mb: int = Field(2048, ge=256)
+    decode_workers: int = Field(2, ge=1, le=64)
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "allowed_origins", mode="before")
     @classmethod
     def _split_keys(cls, v: Any) -> Any:
         if isinstance(v, str):
@@ -102,6 +114,24 @@ class Settings(BaseSettings):
     def ws_max_size(self) -> int:
         """Largest WebSocket message uvicorn buffers: room to reject oversize packets with a message."""
         return max(4 * self.max_packet_bytes, 1024 * 1024)
+
+    @property
+    def uvicorn_ws_options(self) -> dict[str, Any]:
+        """uvicorn's WebSocket settings for this server:
+
+        * no keepalive pings: while a session is held under backpressure the server stops reading its
+          socket, so a pong would sit unread behind the queued packets and the ping would time out,
+          killing a client that is doing nothing wrong (1011). Silent peers are caught by
+          ``idle_timeout_s``, clients that do not read by the session's stall timeout;
+        * at most 4 messages buffered per connection before TCP pushes back, so a connection holds at
+          most ``4 * ws_max_size`` bytes however fast it sends;
+        * no per-message compression (event packets do not compress, and it costs CPU)."""
+        return {
+            "ws_max_size": self.ws_max_size,
+            "ws_max_queue": 4,
+            "ws_ping_interval": None,
+            "ws_per_message_deflate": False,
+        }
 
     @classmethod
     def settings_customise_sources(

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from asasnn import __version__
 from service.api.main import api_router
 from service.config import Settings, load_settings
+from service.errors import ApiKeyGate, install_error_handlers
 from service.state import ServiceState
 
 _UPLOAD_OVERHEAD = 64 * 1024  # multipart boundaries and form fields
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None, loader: Any = None) -> FastAPI:
     )
     app.state.service = state
     app.include_router(api_router)
+    install_error_handlers(app)
     app.add_middleware(
         UploadLimit,
         limits={
@@ -48,6 +50,7 @@ def create_app(settings: Settings | None = None, loader: Any = None) -> FastAPI:
             "/v1/classify/batch": settings.max_batch_files * settings.max_upload_bytes + _UPLOAD_OVERHEAD,
         },
     )
+    app.add_middleware(ApiKeyGate, settings=settings)  # added last: runs first, before any body is read
     return app
 
 

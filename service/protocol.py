@@ -31,6 +31,7 @@ CLOSE_BAD_START = 4400
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_UNKNOWN_MODEL = 4404
 CLOSE_IDLE = 4408
+CLOSE_FORBIDDEN = 4403
 CLOSE_TOO_MANY = 4429
 CLOSE_INTERNAL = 4500
 CLOSE_UNAVAILABLE = 4503
@@ -121,7 +122,7 @@ def parse_start(text: str) -> StartMessage:
             "not_started", f"the first message must be 'start', got {obj['type']!r}", fatal=True
         )
     version = obj.get("version", PROTOCOL_VERSION)
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:  # ``true`` and ``1.0`` are not version 1
         raise ProtocolError(
             "unsupported_version",
             f"protocol version {version!r} is not supported; this server speaks version {PROTOCOL_VERSION}",

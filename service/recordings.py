@@ -1,4 +1,4 @@
-"""Recordings for ``POST /v1/classify``: decode an upload, check its size in timesteps, classify it.
+"""Recordings for ``POST /v1/classify``: recognise an upload's format, classify its events.
 
 Formats, recognised by their first bytes first and the file name second:
 
@@ -7,7 +7,8 @@ Formats, recognised by their first bytes first and the file name second:
 * the wire format: the binary WebSocket packets' 13-byte records back to back (``.evt`` / ``.bin``,
   or ``format=wire``);
 
-all decoded from memory by :func:`models.events.readers.read_events_bytes`.
+all decoded in a separate, killable process by :class:`service.decoding.Decoder` (which also checks
+the events and counts their timesteps), never in the server process.
 
 Classification runs a :class:`~service.session.Session` without a socket, through the engine and the
 same scheduler as live streams: the same binner, the same step runner, the same readout, so the
@@ -21,9 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from models.events.binner import BinnerConfig
-from models.events.readers import read_events_bytes
-from models.events.types import EventError, SensorSize
+from service.decoding import RecordingError
 from service.engine import Engine, ModelWorker
 from service.session import Session, SessionConfig
 
@@ -36,14 +35,6 @@ _SUFFIX = {
     ".bin": "wire",
     ".events": "wire",
 }
-
-
-class RecordingError(ValueError):
-    """An upload that is not a usable recording; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, code: str, message: str, status: int = 422) -> None:
-        super().__init__(message)
-        self.code, self.message, self.status = code, message, status
 
 
 def sniff_format(head: bytes, filename: str | None, declared: str | None = None) -> str:
@@ -68,40 +59,15 @@ def sniff_format(head: bytes, filename: str | None, declared: str | None = None)
     )
 
 
-def decode_recording(
-    data: bytes, filename: str | None, declared: str | None = None
-) -> tuple[np.ndarray, SensorSize | None]:
-    """Events (and the sensor size when the recording holds one) of an uploaded recording."""
-    fmt = sniff_format(data[:16], filename, declared)
-    suffix = ".evt" if fmt == "wire" else "." + fmt
-    try:
-        return read_events_bytes(data, suffix, filename or "upload")
-    except EventError as e:
-        raise RecordingError(e.code, str(e)) from None
-
-
-def count_steps(events: np.ndarray, cfg: BinnerConfig, t_start: int | None = None) -> int:
-    """Exactly how many timesteps binning ``events`` (then flushing) emits, without binning them."""
-    if events.size == 0:
-        return 0
-    t = events["t"]
-    t0 = int(t[0]) if t_start is None else t_start
-    t = t[t >= t0]
-    if t.size == 0:
-        return 0
-    k = np.unique((t - t0) // cfg.dt_us)
-    gaps = np.diff(np.concatenate(([-1], k))) - 1
-    return int(k.size + np.minimum(gaps, cfg.max_gap_bins).sum())
-
-
 async def classify_events(
     engine: Engine, worker: ModelWorker, cfg: SessionConfig, events: np.ndarray, keep_steps: bool = False
 ) -> dict[str, Any]:
-    """Run a whole recording through a socket-less session; return its summary (+ steps if asked)."""
+    """Run a whole recording through a socket-less session; return its summary (+ steps if asked).
+    ``events`` were checked against the session's sensor by the decoder."""
     session = Session(engine, worker, cfg, stream=False, keep_steps=keep_steps)
     await session.open()
     try:
-        await session.feed(events)
+        await session.feed(events, validated=True)
         result = await session.finish()
     finally:
         await session.close()

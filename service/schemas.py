@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from models.events.types import MAX_T_US
 
 PROTOCOL_VERSION = 1
 
@@ -41,12 +43,12 @@ class OutputOptions(_Strict):
 
 class StartMessage(_Strict):
     type: Literal["start"]
-    version: int = PROTOCOL_VERSION
+    version: StrictInt = PROTOCOL_VERSION
     model: str | None = None
     sensor: SensorSpec | None = None  # default: the model card's sensor
     dt_us: int | None = Field(None, ge=100, le=10_000_000)  # default: the model card's dt
     ds: int | None = Field(None, ge=1, le=1024)  # default: the model card's ds
-    t_start_us: int | None = Field(None, ge=0)  # grid origin; default: the first event's time
+    t_start_us: int | None = Field(None, ge=0, le=MAX_T_US)  # grid origin; default: the first event's time
     readout: ReadoutOptions = Field(default_factory=ReadoutOptions)
     output: OutputOptions = Field(default_factory=OutputOptions)
 
@@ -61,7 +63,7 @@ class FlushMessage(_Strict):
 
 class AdvanceMessage(_Strict):
     type: Literal["advance"]
-    t_us: int = Field(ge=0)
+    t_us: int = Field(ge=0, le=MAX_T_US)
 
 
 class StopMessage(_Strict):
@@ -148,5 +150,11 @@ class Health(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    code: str
-    message: str
+    code: str  # machine-readable, e.g. "upload_too_large", "bad_request", "unauthorized"
+    message: str  # what a person can do about it
+
+
+class ErrorResponse(BaseModel):
+    """Every REST error: ``{"detail": {"code": ..., "message": ...}}`` (service/errors.py)."""
+
+    detail: ErrorBody

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from models.events.binner import BinnerConfig, FrameBinner, TimedFrames
+from models.events.binner import BinnerConfig, FrameBinner, TimedFrames, split_by_bins
 from models.events.types import EventError, validate_events
 from models.runtime.readout import Readout
 from service.engine import Engine, ModelWorker
@@ -146,17 +146,19 @@ class Session:
             )
         self._tokens -= n
 
-    async def feed(self, events: np.ndarray, arrived_at: float | None = None) -> None:
+    async def feed(self, events: np.ndarray, arrived_at: float | None = None, validated: bool = False) -> None:
         """Accept one packet (validated whole: a refused packet changes nothing) and bin it.
 
         ``arrived_at``: ``time.perf_counter()`` when the packet arrived (default: now); the latency of
-        every timestep it completes is counted from there.
+        every timestep it completes is counted from there. ``validated``: the events were checked
+        against this session's sensor already and are its first (a decoded recording).
         """
         arrived_at = time.perf_counter() if arrived_at is None else arrived_at
-        try:
-            validate_events(events, self.cfg.binner.sensor, self.binner.last_t)
-        except EventError as e:
-            raise self._reject(e.code, int(events.size), str(e)) from None
+        if not (validated and self.binner.last_t is None):
+            try:
+                validate_events(events, self.cfg.binner.sensor, self.binner.last_t)
+            except EventError as e:
+                raise self._reject(e.code, int(events.size), str(e)) from None
         n = int(events.size)
         if n == 0:
             return
@@ -181,19 +183,18 @@ class Session:
         await self._bin(events, arrived_at)
 
     async def _bin(self, events: np.ndarray, arrived_at: float) -> None:
-        """Bin in chunks of at most ``CHUNK_STEPS`` timesteps of stream time; each chunk's frames are
-        queued (waiting for room, see backpressure) before the next chunk is binned."""
+        """Bin in chunks of at most ``CHUNK_STEPS`` non-empty timesteps; each chunk's frames are queued
+        (waiting for room, see backpressure) before the next chunk is binned. The chunks follow the
+        events, not the clock: a gap of any length inside a packet costs what the gap cap lets it
+        emit (``max_gap_steps`` empty frames), never work in proportion to its length."""
         b, dt = self.binner, self.cfg.binner.dt_us
         dropped0, skipped0, start = b.dropped_events, b.skipped_bins, b.open_bin_start
         t = events["t"]
         t0 = b.t0 if b.t0 is not None else int(t[0])
-        k0, k1 = (int(t[0]) - t0) // dt, (int(t[-1]) - t0) // dt
-        if k1 - k0 < CHUNK_STEPS:  # the live case: a packet shorter than a few timesteps
+        if (int(t[-1]) - t0) // dt - (int(t[0]) - t0) // dt < CHUNK_STEPS:  # the live case: a short packet
             await self._enqueue(b.push_timed(events, validate=False), arrived_at)
         else:
-            k = (t - t0) // dt
-            cuts = np.searchsorted(k, np.arange(k0 + CHUNK_STEPS, k1 + 1, CHUNK_STEPS))
-            for part in np.split(events, cuts):  # sorted and checked above: each part is valid
+            for part in split_by_bins(events, t0, dt, CHUNK_STEPS):  # sorted and checked above
                 await self._enqueue(b.push_timed(part, validate=False), arrived_at)
         self._gap_warning(b.skipped_bins - skipped0)
         if b.dropped_events > dropped0:

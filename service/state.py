@@ -17,6 +17,7 @@ from models.events.binner import BinnerConfig
 from models.events.types import SensorSize
 from models.runtime.bundle import ModelCard
 from service.config import Settings
+from service.decoding import DecodeLimits, Decoder
 from service.engine import Engine, ModelWorker
 from service.protocol import ProtocolError
 from service.registry import ModelEntry, ModelRegistry
@@ -36,7 +37,9 @@ class ServiceState:
     engine: Engine | None = None
     ready: bool = False
     load_error: str | None = None
-    connections: int = 0
+    connections: int = 0  # WebSocket sessions (started)
+    pending: int = 0  # WebSocket connections waiting for their 'start' message
+    decoder: Decoder | None = None  # uploads are decoded in child processes (service/decoding.py)
     loader: Any = None  # models.runtime.load_runner unless a test injects another
     draining: bool = False  # SIGTERM: no new streams, open ones finish or are closed with 1012
     streams: set[Session] = field(default_factory=set)  # open WebSocket sessions
@@ -51,6 +54,9 @@ class ServiceState:
         self.registry = ModelRegistry.scan(s.model_dir, s.default_model, s.backend, s.device, s.torch_rewrite)
         self.engine = Engine(self.metrics)
         self.engine.start()
+        limits = DecodeLimits(s.decode_timeout_s, s.decode_memory_mb << 20, s.max_recording_events)
+        self.decoder = Decoder(limits, s.decode_workers)
+        self.decoder.warm_up()
         self._load_task = asyncio.get_running_loop().create_task(self._load(), name="asasnn-load-models")
 
     async def _load(self) -> None:
@@ -134,6 +140,8 @@ class ServiceState:
             self._load_task.cancel()
         if self.engine is not None:
             await self.engine.stop()
+        if self.decoder is not None:
+            self.decoder.close()
 
     # ---- helpers for routes ------------------------------------------------------------------------
     def worker(self, entry: ModelEntry) -> ModelWorker:

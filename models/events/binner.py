@@ -290,6 +290,17 @@ class FrameBinner:
         return TimedFrames(frames, self.t0 + ks * self.cfg.dt_us)
 
 
+def split_by_bins(events: np.ndarray, t0: int, dt_us: int, bins: int) -> list[np.ndarray]:
+    """Sorted ``events`` cut into consecutive pieces of at most ``bins`` non-empty bins each (bins
+    counted on the grid ``t0 + k * dt_us``). The pieces follow the events, not the clock: a gap of
+    any length between two events costs nothing here."""
+    if events.size == 0:
+        return []
+    k = (events["t"] - t0) // dt_us  # timestamps are bounded (MAX_T_US), so this cannot overflow
+    first_of_bin = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
+    return np.split(events, first_of_bin[bins::bins])
+
+
 def encode_events(
     events: np.ndarray,
     cfg: BinnerConfig,

@@ -23,11 +23,16 @@ numpy layouts accepted (integer or bool fields of any width; values must fit EVE
   optional key ``sensor`` = ``[width, height]``.
 
 Pickled objects are refused (``allow_pickle=False``): these files may come from the network.
+``max_events`` bounds what a reader may allocate: an array's size is checked from its ``.npy``
+header (every member of an ``.npz``) before numpy allocates it, at 32 bytes an event (the widest
+layout accepted), so a small compressed file cannot expand to gigabytes; AEDAT4 and wire recordings
+are counted as they are read.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import tempfile
@@ -62,30 +67,62 @@ def read_events(path: PathLike) -> tuple[np.ndarray, SensorSize | None]:
     if suffix == ".aedat4":
         with open(p, "rb") as f:
             _check_aedat4_header(f.read(_AEDAT4_HEAD), p.stat().st_size, str(p))
-        events, sensor = _read_aedat4(p, str(p))
+        events, sensor = _read_aedat4(p, str(p), _UNLIMITED)
     else:
-        events, sensor = _READERS[suffix](p, str(p))
+        events, sensor = _READERS[suffix](p, str(p), _UNLIMITED)
     return _checked(events, sensor, str(p))
 
 
 def read_events_bytes(
-    data: bytes, suffix: str, name: str = "<bytes>"
+    data: bytes, suffix: str, name: str = "<bytes>", max_events: int | None = None
 ) -> tuple[np.ndarray, SensorSize | None]:
     """:func:`read_events` for a recording in memory: ``suffix`` names the format (``.aedat4``,
-    ``.npy``, ``.npz``, ``.evt``/``.bin``/``.events``), ``name`` starts every error message.
+    ``.npy``, ``.npz``, ``.evt``/``.bin``/``.events``), ``name`` starts every error message,
+    ``max_events`` bounds what is decoded (see the module docstring; ``too_many_events``).
 
     Only AEDAT4 touches the disk (a temporary file, deleted before returning).
     """
     suffix = _suffix(suffix, name)
+    budget = _Budget(name, max_events)
     if suffix != ".aedat4":
-        events, sensor = _READERS[suffix](io.BytesIO(data), name)
+        events, sensor = _READERS[suffix](io.BytesIO(data), name, budget)
         return _checked(events, sensor, name)
     _check_aedat4_header(data[:_AEDAT4_HEAD], len(data), name)
     with tempfile.TemporaryDirectory(prefix="asasnn-aedat4-") as tmp:
         path = Path(tmp) / "recording.aedat4"
         path.write_bytes(data)
-        events, sensor = _read_aedat4(path, name)
+        events, sensor = _read_aedat4(path, name, budget)
     return _checked(events, sensor, name)
+
+
+class _Budget:
+    """How many events (and bytes of decoded arrays, 32 an event) a read may produce."""
+
+    BYTES_PER_EVENT = 32
+
+    def __init__(self, name: str, max_events: int | None) -> None:
+        self.name, self.max_events = name, max_events
+
+    def events(self, n: int) -> None:
+        if self.max_events is not None and n > self.max_events:
+            raise EventError(
+                "too_many_events", f"{self.name}: {n} events exceed the limit of {self.max_events} per recording"
+            )
+
+    def array(self, shape: tuple[int, ...], dtype: np.dtype, what: str) -> None:
+        """Refuse an array by its header, before it is allocated."""
+        if self.max_events is None:
+            return
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes > self.max_events * self.BYTES_PER_EVENT:
+            raise EventError(
+                "too_many_events",
+                f"{self.name}: {what} declares {nbytes} bytes ({shape} of {dtype}), more than "
+                f"{self.max_events} events can take",
+            )
+
+
+_UNLIMITED = _Budget("", None)
 
 
 def _suffix(suffix: str, name: str) -> str:
@@ -170,16 +207,18 @@ def write_numpy(path: PathLike, events: np.ndarray, sensor: SensorSize | None = 
             np.savez(f, events=events, sensor=np.array([sensor.width, sensor.height], dtype=np.int64))
 
 
-def _read_aedat4(p: Path, name: str) -> tuple[np.ndarray, SensorSize | None]:
+def _read_aedat4(p: Path, name: str, budget: _Budget) -> tuple[np.ndarray, SensorSize | None]:
     try:
         rec = dv.io.MonoCameraRecording(str(p))
         if not rec.isEventStreamAvailable():
             streams = ", ".join(rec.getStreamNames())
             raise EventError("bad_file", f"{name}: AEDAT4 file has no event stream (streams: {streams})")
         resolution = rec.getEventResolution()
-        batches = []
+        batches, n = [], 0
         while (batch := rec.getNextEventBatch()) is not None:
             batches.append(batch.numpy())
+            n += batches[-1].size
+            budget.events(n)
     except RuntimeError as e:
         raise EventError("bad_file", f"{name}: not a readable AEDAT4 file ({_dv_reason(e)})") from None
     sensor = SensorSize(*resolution) if resolution is not None else None
@@ -192,16 +231,16 @@ def _read_aedat4(p: Path, name: str) -> tuple[np.ndarray, SensorSize | None]:
 Source = Path | IO[bytes]
 
 
-def _read_npy(src: Source, name: str) -> tuple[np.ndarray, SensorSize | None]:
-    arr = _np_load(src, name, ".npy")
+def _read_npy(src: Source, name: str, budget: _Budget) -> tuple[np.ndarray, SensorSize | None]:
+    arr = _np_load(src, name, ".npy", budget)
     if not isinstance(arr, np.ndarray):
         arr.close()
         raise EventError("bad_file", f"{name}: holds an .npz archive, not a .npy array")
     return _from_array(name, arr), None
 
 
-def _read_npz(src: Source, name: str) -> tuple[np.ndarray, SensorSize | None]:
-    arr = _np_load(src, name, ".npz")
+def _read_npz(src: Source, name: str, budget: _Budget) -> tuple[np.ndarray, SensorSize | None]:
+    arr = _np_load(src, name, ".npz", budget)
     if isinstance(arr, np.ndarray):
         raise EventError("bad_file", f"{name}: holds a single .npy array, not an .npz archive")
     with arr as z:
@@ -217,9 +256,10 @@ def _read_npz(src: Source, name: str) -> tuple[np.ndarray, SensorSize | None]:
     return events, sensor
 
 
-def _read_wire(src: Source, name: str) -> tuple[np.ndarray, SensorSize | None]:
+def _read_wire(src: Source, name: str, budget: _Budget) -> tuple[np.ndarray, SensorSize | None]:
     data = src.read_bytes() if isinstance(src, Path) else src.read()
     whole, rest = divmod(len(data), EVENT_BYTES)
+    budget.events(whole)
     if rest:
         raise EventError(
             "misaligned_packet",
@@ -233,15 +273,52 @@ def _npz_entry(name: str, z: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
     # Entries are read lazily, so a damaged or pickled entry only fails here.
     try:
         return z[key]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise EventError("bad_file", f"{name}: unreadable .npz entry {key!r} ({e})") from None
+    except Exception as e:  # noqa: BLE001 - as in _np_load: a damaged member fails in many ways
+        raise EventError("bad_file", f"{name}: unreadable .npz entry {key!r} ({type(e).__name__}: {e})") from None
 
 
-def _np_load(src: Source, name: str, suffix: str) -> np.ndarray | np.lib.npyio.NpzFile:
+def _np_load(src: Source, name: str, suffix: str, budget: _Budget) -> np.ndarray | np.lib.npyio.NpzFile:
     try:
+        if budget.max_events is not None:
+            _check_sizes(src, budget)
         return np.load(src, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise EventError("bad_file", f"{name}: not a numpy {suffix} file ({e})") from None
+    except EventError:
+        raise
+    except Exception as e:  # noqa: BLE001 - numpy's header parser raises almost anything on a damaged header
+        raise EventError("bad_file", f"{name}: not a numpy {suffix} file ({type(e).__name__}: {e})") from None
+
+
+def _check_sizes(src: Source, budget: _Budget) -> None:
+    """Every array in ``src`` (a ``.npy``, or each ``.npy`` member of a zip) within the budget, read
+    from the headers alone; ``src`` is left at its start."""
+    f = open(src, "rb") if isinstance(src, Path) else src  # noqa: SIM115 - closed below when opened here
+    try:
+        start = f.tell()
+        head = f.read(4)
+        f.seek(start)
+        if head == b"PK\x03\x04":
+            with zipfile.ZipFile(f) as z:
+                for info in z.infolist():
+                    with z.open(info) as member:
+                        _check_npy_header(member, budget, f"member {info.filename!r}")
+        else:
+            _check_npy_header(f, budget, "the array")
+        f.seek(start)
+    finally:
+        if f is not src:
+            f.close()
+
+
+def _check_npy_header(f: IO[bytes], budget: _Budget, what: str) -> None:
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = fmt.read_array_header_1_0(f)
+    elif version in ((2, 0), (3, 0)):
+        shape, _, dtype = fmt.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"{what}: unsupported .npy version {version}")
+    budget.array(tuple(int(n) for n in shape), dtype, what)
 
 
 def _from_array(p: str, arr: np.ndarray) -> np.ndarray:
@@ -301,7 +378,7 @@ def _dv_reason(e: Exception) -> str:
 
 
 # Readers of the formats that need no file on disk (AEDAT4 is read from a path, see read_events).
-_READERS: dict[str, Callable[[Source, str], tuple[np.ndarray, SensorSize | None]]] = {
+_READERS: dict[str, Callable[[Source, str, _Budget], tuple[np.ndarray, SensorSize | None]]] = {
     ".npy": _read_npy,
     ".npz": _read_npz,
     ".evt": _read_wire,

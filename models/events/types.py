@@ -13,6 +13,9 @@ import numpy as np
 
 EVENT_DTYPE = np.dtype([("t", "<i8"), ("x", "<u2"), ("y", "<u2"), ("p", "u1")])
 EVENT_BYTES = EVENT_DTYPE.itemsize  # 13
+# Latest timestamp accepted (about 146,000 years): differences of two stream times, and a grid origin
+# plus a timestep count times dt, then stay inside int64.
+MAX_T_US = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ def validate_events(events: np.ndarray, sensor: SensorSize, last_t: int | None =
         and int(y.max()) < sensor.height
         and int(p.max()) <= 1
         and t[0] >= 0
+        and t[-1] <= MAX_T_US
         and (last_t is None or t[0] >= last_t)
         and (t.size == 1 or bool((t[1:] >= t[:-1]).all()))
     ):
@@ -80,6 +84,8 @@ def validate_events(events: np.ndarray, sensor: SensorSize, last_t: int | None =
     if t[0] < 0:
         raise EventError("negative_time", f"timestamps must be >= 0, got {int(t[0])}")
     back = np.flatnonzero(np.diff(t) < 0)
+    if not back.size and t[-1] > MAX_T_US:
+        raise EventError("time_out_of_range", f"timestamps must be <= {MAX_T_US} us (2^62), got {int(t[-1])}")
     if back.size:
         i = int(back[0])
         raise EventError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -33,14 +34,20 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 def presented_key(conn: HTTPConnection, allow_query: bool = False) -> str | None:
     """The API key a client sent: ``X-API-Key`` header, ``Authorization: Bearer <key>``, or (WebSocket
     only, since browsers cannot set headers there) the ``token`` query parameter."""
-    key = conn.headers.get(API_KEY_HEADER)
+    key = presented_key_from_headers(conn.headers)
+    if key is None and allow_query:
+        return conn.query_params.get(WS_TOKEN_PARAM)
+    return key
+
+
+def presented_key_from_headers(headers: Mapping[str, str]) -> str | None:
+    """The API key in ``X-API-Key`` or ``Authorization: Bearer <key>``."""
+    key = headers.get(API_KEY_HEADER)
     if key:
         return key
-    auth = conn.headers.get("authorization", "")
+    auth = headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
-    if allow_query:
-        return conn.query_params.get(WS_TOKEN_PARAM)
     return None
 
 

@@ -113,7 +113,11 @@ async def _open_session(
     url: str, start: Message, headers: dict[str, str] | None, open_timeout: float
 ) -> tuple[ClientConnection, Message]:
     """Connect, send ``start``, wait for ``ready``; :class:`ServiceError` on refusal."""
-    ws = await connect(ws_url(url), additional_headers=headers, open_timeout=open_timeout, max_size=2**24)
+    # No keepalive pings: a server holding this session under backpressure stops reading the socket,
+    # so it cannot answer them (docs/protocol.md); its idle and stall timeouts cover dead peers.
+    ws = await connect(
+        ws_url(url), additional_headers=headers, open_timeout=open_timeout, max_size=2**24, ping_interval=None
+    )
     with contextlib.suppress(ConnectionClosed):  # a refusal (say, a bad key) may close first
         await ws.send(json.dumps(start))
     try:

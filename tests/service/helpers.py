@@ -63,8 +63,7 @@ class LiveServer:
             host="127.0.0.1",
             port=port,
             log_level="warning",
-            ws_max_size=settings.ws_max_size,
-            ws_per_message_deflate=False,
+            **settings.uvicorn_ws_options,
             lifespan="on",
         )
         self.server = DrainingServer(cfg, self.app.state.service)

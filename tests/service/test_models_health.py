@@ -35,8 +35,8 @@ def test_model_list_and_cards(server):
 def test_unknown_or_escaping_model_names_are_404(server, name):
     r = httpx.get(server.http + "/v1/models/" + name)
     assert r.status_code == 404
-    if r.headers["content-type"].startswith("application/json") and isinstance(r.json().get("detail"), dict):
-        assert r.json()["detail"]["code"] == "unknown_model"
+    # every error has the documented shape; ".." may resolve to no route at all (not_found)
+    assert r.json()["detail"]["code"] in ("unknown_model", "not_found")
 
 
 def test_openapi_documents_the_routes(server):

@@ -12,13 +12,15 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile, status
 
+from models.events.types import MAX_T_US, SensorSize
 from service.api.deps import AuthDep, ReadyDep, lookup_model
+from service.decoding import Binning, RecordingError
 from service.protocol import ProtocolError
-from service.recordings import RecordingError, classify_events, count_steps, decode_recording
+from service.recordings import classify_events, sniff_format
 from service.schemas import (
     ClassifyBatchResult,
     ClassifyResult,
-    ErrorBody,
+    ErrorResponse,
     OutputOptions,
     ReadoutOptions,
     SensorSpec,
@@ -28,11 +30,11 @@ from service.state import ServiceState
 router = APIRouter(prefix="/v1/classify", tags=["classify"], dependencies=[AuthDep])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "missing or wrong API key"},
-    404: {"description": "unknown model"},
-    413: {"description": "upload or recording too large", "model": ErrorBody},
-    415: {"description": "not an event recording", "model": ErrorBody},
-    422: {"description": "unreadable recording or bad options", "model": ErrorBody},
+    401: {"description": "missing or wrong API key", "model": ErrorResponse},
+    404: {"description": "unknown model", "model": ErrorResponse},
+    413: {"description": "upload or recording too large", "model": ErrorResponse},
+    415: {"description": "not an event recording", "model": ErrorResponse},
+    422: {"description": "unreadable recording, a decode that overran its limits, or bad options", "model": ErrorResponse},
 }
 
 
@@ -49,9 +51,9 @@ class Options:
         sensor_height: Annotated[int | None, Form(ge=1, le=65535)] = None,
         dt_us: Annotated[int | None, Form(ge=100, le=10_000_000)] = None,
         ds: Annotated[int | None, Form(ge=1, le=1024)] = None,
-        t_start_us: Annotated[int | None, Form(ge=0)] = None,
+        t_start_us: Annotated[int | None, Form(ge=0, le=MAX_T_US)] = None,
         readout_mode: Annotated[Literal["horizon", "ema"], Form()] = "horizon",
-        readout_horizon: Annotated[int | None, Form(ge=1)] = None,
+        readout_horizon: Annotated[int | None, Form(ge=1, le=100_000)] = None,
         readout_alpha: Annotated[float | None, Form(gt=0, le=1)] = None,
         top_k: Annotated[int, Form(ge=1, le=1000)] = 3,
         include_steps: Annotated[bool, Form(description="add every timestep's prediction")] = False,
@@ -90,19 +92,27 @@ async def _read(upload: UploadFile, limit: int) -> bytes:
 async def _classify_one(state: ServiceState, upload: UploadFile, opts: Options) -> ClassifyResult:
     entry = lookup_model(state, opts.model)
     s = state.settings
+    name = upload.filename or "upload"
     data = await _read(upload, s.max_upload_bytes)
+    assert entry.runner is not None and state.decoder is not None and state.engine is not None
+    card = entry.runner.card
     try:
-        events, file_sensor = await asyncio.to_thread(decode_recording, data, upload.filename, opts.format)
+        fmt = sniff_format(data[:16], upload.filename, opts.format)
+        binning = Binning(opts.dt_us or int(card.dt_us), opts.t_start_us, s.max_gap_steps)
+        sensor = SensorSize(opts.sensor.width, opts.sensor.height) if opts.sensor else None
+        model_sensor = SensorSize(card.sensor.width, card.sensor.height)
+        # decoded, checked and counted in a child process: a hostile file cannot reach the streams
+        decoded = await asyncio.to_thread(
+            state.decoder.decode, data, upload.filename, fmt, binning, sensor, model_sensor
+        )
     except RecordingError as e:
         raise _error(e.status, e.code, e.message) from None
     del data
-    sensor = opts.sensor or (
-        SensorSpec(width=file_sensor.width, height=file_sensor.height) if file_sensor else None
-    )
+    file_sensor = decoded.sensor
     try:
         cfg = state.session_config(
             entry,
-            sensor=sensor,
+            sensor=opts.sensor or (SensorSpec(**vars(file_sensor)) if file_sensor else None),
             dt_us=opts.dt_us,
             ds=opts.ds,
             t_start_us=opts.t_start_us,
@@ -112,19 +122,16 @@ async def _classify_one(state: ServiceState, upload: UploadFile, opts: Options) 
         )
     except ProtocolError as e:
         raise _error(422, e.code, e.message) from None
-    steps = count_steps(events, cfg.binner, opts.t_start_us)
-    if steps > s.max_recording_steps:
+    if decoded.steps > s.max_recording_steps:
         raise _error(
             413,
             "recording_too_long",
-            f"{upload.filename or 'upload'}: {steps} timesteps of {cfg.binner.dt_us} us exceed the limit of "
-            f"{s.max_recording_steps}",
+            f"{name}: {decoded.steps} timesteps of {cfg.binner.dt_us} us exceed the limit of {s.max_recording_steps}",
         )
-    assert state.engine is not None
     try:
-        result = await classify_events(state.engine, state.worker(entry), cfg, events, opts.include_steps)
+        result = await classify_events(state.engine, state.worker(entry), cfg, decoded.events, opts.include_steps)
     except ProtocolError as e:
-        raise _error(422, e.code, f"{upload.filename or 'upload'}: {e.message}") from None
+        raise _error(422, e.code, f"{name}: {e.message}") from None
     if result["label"] is not None:
         state.metrics.classifications.labels(entry.name, result["label"]).inc()
     return ClassifyResult(filename=upload.filename, **result)

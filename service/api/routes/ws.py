@@ -4,7 +4,9 @@ The receive loop below reads one message at a time and hands it to the session; 
 forwards the session's outbox (predictions, warnings, errors) to the socket in order. A refused
 message is answered with an ``error`` message and the session goes on; only ``fatal`` errors
 (bad start, unknown model, idle timeout, stalled client, engine failure) end it, with a close code
-that mirrors an HTTP status (4400, 4401, 4404, 4408, 4429, 4500, 4503).
+that mirrors an HTTP status (4400, 4401, 4404, 4408, 4429, 4500, 4503). A connection must send its
+``start`` within ``start_timeout_s`` and counts against ``max_pending_connections`` until it does,
+not against ``max_sessions``; a browser page of another origin is refused before the handshake.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
@@ -22,6 +25,7 @@ from models.events.types import EVENT_BYTES
 from service.api.deps import key_problem, presented_key
 from service.protocol import (
     CLOSE_BAD_START,
+    CLOSE_FORBIDDEN,
     CLOSE_IDLE,
     CLOSE_INTERNAL,
     CLOSE_NORMAL,
@@ -53,6 +57,8 @@ log = logging.getLogger("asasnn.ws")
 
 _FATAL_CLOSE = {
     "unauthorized": CLOSE_UNAUTHORIZED,
+    "start_timeout": CLOSE_IDLE,
+    "too_many_pending": CLOSE_TOO_MANY,
     "unknown_model": CLOSE_UNKNOWN_MODEL,
     "idle_timeout": CLOSE_IDLE,
     "too_many_sessions": CLOSE_TOO_MANY,
@@ -78,6 +84,9 @@ async def _refuse(ws: WebSocket, state: ServiceState, code: str, message: str) -
 async def infer(ws: WebSocket) -> None:
     state: ServiceState = ws.app.state.service
     s = state.settings
+    if not origin_allowed(ws, s.allowed_origins):  # a page of another site: refused before the handshake
+        state.metrics.sessions_rejected.labels("forbidden_origin").inc()
+        return await ws.close(CLOSE_FORBIDDEN)
     await ws.accept()
     problem = key_problem(s, presented_key(ws, allow_query=True))
     if problem is not None:
@@ -88,24 +97,45 @@ async def infer(ws: WebSocket) -> None:
         return await _refuse(
             ws, state, "not_ready", state.load_error or "models are still loading; retry shortly"
         )
+    if state.pending >= s.max_pending_connections:
+        return await _refuse(
+            ws,
+            state,
+            "too_many_pending",
+            f"{state.pending} connections are waiting to start (limit {s.max_pending_connections}); send 'start' "
+            "right after connecting",
+        )
+    state.pending += 1
+    try:
+        msg = await _receive(ws, s.start_timeout_s)
+    finally:
+        state.pending -= 1
+    if msg is None:
+        return await _refuse(ws, state, "start_timeout", f"no start message within {s.start_timeout_s:g} s")
+    if msg["type"] == "websocket.disconnect":
+        return
     if state.connections >= s.max_sessions:
         return await _refuse(
             ws, state, "too_many_sessions", f"the server is at its limit of {s.max_sessions} sessions"
         )
     state.connections += 1
     try:
-        await _serve(ws, state)
+        await _serve(ws, state, msg)
     finally:
         state.connections -= 1
 
 
-async def _serve(ws: WebSocket, state: ServiceState) -> None:
-    s = state.settings
-    msg = await _receive(ws, s.idle_timeout_s)
-    if msg is None:
-        return await _refuse(ws, state, "idle_timeout", f"no start message within {s.idle_timeout_s:.0f} s")
-    if msg["type"] == "websocket.disconnect":
-        return
+def origin_allowed(ws: WebSocket, allowed: list[str]) -> bool:
+    """A browser's ``Origin`` must be this server (same host and port) or in ``allowed``
+    (``scheme://host[:port]``, or ``*`` for any); a client that sends none is not a browser page."""
+    origin = ws.headers.get("origin")
+    if origin is None or "*" in allowed or origin.rstrip("/") in {o.rstrip("/") for o in allowed}:
+        return True
+    host = ws.headers.get("host", "")
+    return urlsplit(origin).netloc.lower() == host.lower() and host != ""
+
+
+async def _serve(ws: WebSocket, state: ServiceState, msg: Message) -> None:
     if msg.get("text") is None:
         return await _refuse(
             ws, state, "not_started", "the first message must be a JSON 'start' message, not binary"
