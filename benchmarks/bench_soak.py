@@ -63,6 +63,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--model-dir", help="bundles to serve (default: models/bundled)")
     p.add_argument("--env", action="append", default=[], metavar="ASASNN_NAME=VALUE", help="server setting")
+    p.add_argument(
+        "--hostile",
+        default="all",
+        help="comma list of hostile actions to cycle through, 'all' or 'none' (names as in the report)",
+    )
     p.add_argument("--json", help="write the results here")
     # internal: a load generator process
     p.add_argument("--role", choices=("healthy", "hostile"), help=argparse.SUPPRESS)
@@ -284,7 +289,10 @@ async def hostile_role(args: argparse.Namespace) -> dict[str, Any]:
             except Exception as e:  # noqa: BLE001
                 _tally(tally, f"{name}: {type(e).__name__}")
 
-    names = [*actions, *uploads]
+    names = [*actions, *uploads] if args.hostile == "all" else [n for n in args.hostile.split(",") if n != "none"]
+    if not names:
+        await asyncio.sleep(args.seconds)
+        return {"actions": {}}
     t_stop = time.perf_counter() + args.seconds
     running: set[asyncio.Task[Any]] = set()
     while time.perf_counter() < t_stop:
@@ -345,7 +353,7 @@ def conduct(args: argparse.Namespace) -> dict[str, Any]:
                 for i in range(args.healthy_procs)
             ]
             roles = [("healthy", ["--streams", str(n), "--seed", str(97 * i)]) for i, n in enumerate(per) if n]
-            roles.append(("hostile", ["--seed", "1"]))
+            roles.append(("hostile", ["--seed", "1", "--hostile", args.hostile]))
             outputs = [Path(tmp) / f"generator-{i}.json" for i in range(len(roles))]
             procs = [
                 subprocess.Popen([*me, "--role", role, *extra, "--out", str(out)], cwd=REPO)

@@ -3,7 +3,7 @@
 Every module here maps the pre-LIF current ``X`` of a conv block to ``Xbar`` of the same shape, which
 then drives the LIF neurons: ``U[t] = H[t-1] + Xbar[t]``.
 
-* :class:`ASA` is the paper's module over a whole window ``[T, B, C, H, W]`` (DESIGN 2.2), with the
+* :class:`ASA` is the paper's module over a whole window ``[T, B, C, H, W]`` (docs/attention.md), with the
   public reference code's defects fixed: masks are built per sample (a sample's output never depends
   on its batch-mates), batch size 1 works, and the channel-importance parameters learn (see
   :func:`hard_mask`).

@@ -1,4 +1,4 @@
-"""Typed network configurations and the paper's presets (DESIGN 2.3)."""
+"""Typed network configurations and the paper's presets (docs/training.md, "networks")."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Spike counts per layer come out of every forward pass (:class:`models.network.Ne
 everything here is arithmetic on those counts or a :class:`~models.network.Probe` that watches the
 same pass, never a second forward pass.
 
-Energy proxy (DESIGN 2.5, the SNN literature's 45 nm convention)::
+Energy proxy (the SNN literature's 45 nm convention; docs/metrics.md)::
 
     E = E_MAC * MACs(first layer) * steps + E_AC * SOPs
     SOPs = sum over spiking layers l of spikes_l * fanout_l

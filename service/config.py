@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     # uploads are decoded in child processes (service/decoding.py) with these limits
     decode_timeout_s: float = Field(20.0, gt=0, le=3600)
     decode_memory_mb: int = Field(2048, ge=256)
-    decode_workers: int = Field(2, ge=1, le=64)
+    decode_workers: int | None = Field(None, ge=1, le=64)  # None: half the cores (1 on 2 cores)
 
     @field_validator("api_keys", "allowed_origins", mode="before")
     @classmethod
@@ -109,6 +109,15 @@ class Settings(BaseSettings):
             return self.step_threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return max(1, cores - 1)
+
+    @property
+    def resolved_decode_workers(self) -> int:
+        """``decode_workers``, or half the cores (at least one): a decoder spinning on a hostile file
+        until its timeout then leaves the other half to the streams."""
+        if self.decode_workers is not None:
+            return self.decode_workers
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores // 2)
 
     @property
     def ws_max_size(self) -> int:

@@ -141,7 +141,7 @@ def is_bundle(d: Path) -> bool:
 
 def resolve_backend(backend: str, path: Path) -> str:
     """``auto``: ONNX Runtime when it is installed and the bundle has its graph (faster on a CPU,
-    DESIGN 5), else PyTorch."""
+    docs/performance.md), else PyTorch."""
     if backend != "auto":
         return backend
     has_ort = importlib.util.find_spec("onnxruntime") is not None

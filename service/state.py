@@ -55,7 +55,7 @@ class ServiceState:
         self.engine = Engine(self.metrics)
         self.engine.start()
         limits = DecodeLimits(s.decode_timeout_s, s.decode_memory_mb << 20, s.max_recording_events)
-        self.decoder = Decoder(limits, s.decode_workers)
+        self.decoder = Decoder(limits, s.resolved_decode_workers)
         self.decoder.warm_up()
         self._load_task = asyncio.get_running_loop().create_task(self._load(), name="asasnn-load-models")
 

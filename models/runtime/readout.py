@@ -1,7 +1,7 @@
 """Running predictions from the per-step output rows of a runner.
 
 A network's output layer emits spikes; training fits their rate, averaged over the window, to the
-one-hot label (DESIGN 2.3). A stream has no window, so :class:`Readout` keeps a running score per
+one-hot label (docs/training.md). A stream has no window, so :class:`Readout` keeps a running score per
 class from the rows ``StepResult.out[i]`` of one stream:
 
 * ``mode="horizon"``: the mean of the last ``horizon`` rows (all rows so far while fewer arrived).

@@ -14,7 +14,7 @@ def test_bench_runtime_runs_every_backend():
         models=("tiny",), batches=(1, 3), threads=1, budget=0.2, window=True, log=lambda *a: None
     )
     rows = {(r["backend"].split(" (")[0], r["batch"]) for r in result["rows"]}
-    for backend in ("onnx", "torch eager", "torch rewritten", "window"):
+    for backend in ("onnx", "onnx float32", "torch eager", "torch rewritten", "window"):
         assert {(backend, 1), (backend, 3)} <= rows
     assert all(r["median_ms"] > 0 and math.isfinite(r["p99_ms"]) for r in result["rows"])
     (info,) = result["models"].values()
@@ -30,3 +30,22 @@ def test_bench_rewrites_graphs_agree_with_torch():
     assert len(graphs) == 5
     assert all(r["count_mismatch"] <= 1e-3 for r in graphs)  # spike counts of 16 steps vs torch
     assert "torch eager step (baseline)" in bench.format_markdown(result)
+
+
+def test_bench_soak_runs_beside_hostile_clients_and_loses_nothing():
+    """A short soak (real server, generator processes): every healthy prediction arrives, in order."""
+    import argparse
+
+    bench = _load(SCRIPTS["soak"])
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    args = p.parse_args(
+        ["--streams", "2", "--minutes", "0.25", "--healthy-procs", "1", "--sample-s", "2",
+         "--hostile", "misaligned packet,day gap,never starts,npz bomb,bad control"]
+    )
+    result = bench.conduct(args)
+    predictions = result["predictions"]
+    assert predictions["expected"] > 100 and predictions["lost"] == 0 and predictions["reordered"] == 0
+    assert predictions["received"] == predictions["expected"] and not predictions["stream_errors"]
+    assert sum(result["hostile"].values()) >= 5 and len(result["server"]["samples"]) >= 3
+    assert "lost 0, reordered 0" in bench.report(result)

@@ -5,7 +5,7 @@ pass (:class:`models.instrument.SpikeMapProbe` spike sums, :class:`~training.ana
 histograms and moments, :class:`~training.analysis.probes.RegionProbe` spike sums inside the event
 region). Shapes use ``T`` timesteps, ``C`` channels, ``H, W`` a layer's spatial size.
 
-Definitions (paper, DESIGN 2.5):
+Definitions (the paper's, docs/metrics.md and docs/analysis.md):
 
 * **N-SFR** of a neuron at ``t``: fraction of test samples in which it spikes at ``t``.
 * **C-SFR** / **T-SFR**: mean N-SFR over a channel / over all neurons at ``t``.
