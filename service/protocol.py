@@ -38,6 +38,39 @@ CLOSE_UNAVAILABLE = 4503
 
 _control = TypeAdapter(ControlMessage)
 
+# Every error code a metric may carry as its ``reason`` (the metrics start every series at 0, so a
+# dashboard panel or alert sees the first event as an increase; docs/protocol.md lists them all).
+EVENT_ERRORS = (
+    "misaligned_packet",
+    "packet_too_large",
+    "out_of_range",
+    "bad_polarity",
+    "negative_time",
+    "time_out_of_range",
+    "unsorted",
+    "time_backwards",
+    "rate_limited",
+    "overloaded",
+)
+MESSAGE_ERRORS = (*EVENT_ERRORS, "bad_json", "bad_message", "unknown_type", "already_started")
+SESSION_REFUSALS = (
+    "unauthorized",
+    "forbidden_origin",
+    "draining",
+    "not_ready",
+    "too_many_pending",
+    "start_timeout",
+    "too_many_sessions",
+    "not_started",
+    "bad_json",
+    "bad_message",
+    "unknown_type",
+    "unsupported_version",
+    "unknown_model",
+    "model_unavailable",
+    "bad_sensor",
+)
+
 
 class ProtocolError(Exception):
     """A client message that cannot be accepted. ``fatal`` errors end the session."""

@@ -81,6 +81,8 @@ class ServiceState:
                 tuple(r.layer_names),
                 tuple(int(n) for n in r.energy.neurons),
                 timestep_s=int(r.card.dt_us) / 1e6,
+                classes=tuple(r.card.classes),
+                first_layer_j=r.energy.e_mac_j * r.energy.first_layer_macs,
             )
         default = self.registry.get(None)
         if default.runner is None:

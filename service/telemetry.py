@@ -1,18 +1,33 @@
 """Prometheus metrics of one app (docs/metrics.md lists every one with PromQL examples).
 
 Each app owns its :class:`~prometheus_client.CollectorRegistry`, so several apps (tests) never share
-counters. Names follow Prometheus conventions: prefix ``asasnn_``, base units in the name
+counters; it also carries prometheus-client's process (CPU, RSS, open fds), platform and garbage
+collector metrics. Names follow Prometheus conventions: prefix ``asasnn_``, base units in the name
 (``_seconds``, ``_joules``), ``_total`` on counters. Label values are bounded: model names come from
-the registry, labels from model cards, reasons from fixed error codes.
+the registry, labels from model cards, reasons from fixed error codes, and every known label value
+is created at 0 when a model is registered (or at start for session refusals), so a panel or an
+``increase()`` sees the first event as a change from 0, not as a series born at 1.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from service.protocol import EVENT_ERRORS, MESSAGE_ERRORS, SESSION_REFUSALS
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# 0.999 first: a quantile of batches of 1 lands in (0.999, 1], not interpolated from 0 (histogram_quantile
+# takes 0 as the lowest bucket's lower bound), so "p50 = 0.5 streams per call" cannot happen.
+BATCH_BUCKETS = (0.999, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 RATE_EMA = 0.01  # weight of the newest step in the live spike-rate gauges (~100 steps)
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
@@ -23,6 +38,8 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)  # stateless readers of /proc and the interpreter: shareable
         m = ["model"]
         self.model_info = Gauge(
             "asasnn_model_info", "Served model (value 1)", [*m, "version", "backend", "device"], registry=r
@@ -131,7 +148,19 @@ class Metrics:
         )
         self.energy = Counter(
             "asasnn_energy_proxy_joules_total",
-            "Energy proxy E_MAC*MACs(first layer) + E_AC*SOPs (45 nm)",
+            "Energy proxy E_MAC*MACs(first layer) + E_AC*SOPs (45 nm); the sum of the two series below",
+            m,
+            registry=r,
+        )
+        self.energy_first_layer = Counter(
+            "asasnn_energy_first_layer_joules_total",
+            "Energy proxy, the first layer's dense multiply-accumulates (a fixed cost per stream and step)",
+            m,
+            registry=r,
+        )
+        self.energy_synaptic = Counter(
+            "asasnn_energy_synaptic_joules_total",
+            "Energy proxy, the spike-driven part: E_AC * SOPs (grows with the spikes)",
             m,
             registry=r,
         )
@@ -146,6 +175,9 @@ class Metrics:
         )
         self._ema: dict[str, list[float]] = {}
         self._children: dict[str, _BatchChildren] = {}
+        self._first_layer_j: dict[str, float] = {}
+        for reason in SESSION_REFUSALS:
+            self.sessions_rejected.labels(reason)
 
     def register_model(
         self,
@@ -156,7 +188,12 @@ class Metrics:
         layers: tuple[str, ...],
         neurons: tuple[int, ...],
         timestep_s: float | None = None,
+        classes: tuple[str, ...] = (),
+        first_layer_j: float = 0.0,
     ) -> None:
+        """Every series of a model, at 0. ``first_layer_j``: the energy proxy's fixed part of one
+        stream's step (``E_MAC * MACs(first layer)``), which :meth:`observe_batch` separates."""
+        self._first_layer_j[name] = first_layer_j
         self.model_info.labels(name, version, backend, device).set(1)
         if timestep_s is not None:
             self.model_timestep.labels(name).set(timestep_s)
@@ -167,12 +204,29 @@ class Metrics:
         for family in (
             self.events_received,
             self.steps,
+            self.skipped_steps,
             self.sops,
             self.energy,
+            self.energy_first_layer,
+            self.energy_synaptic,
             self.packets_received,
             self.sessions_started,
+            self.backpressure_wait,
+            self.batch_size,
+            self.step_latency,
+            self.e2e_latency,
         ):
             family.labels(name)
+        for reason in EVENT_ERRORS:
+            self.events_rejected.labels(name, reason)
+        for reason in MESSAGE_ERRORS:
+            self.messages_rejected.labels(name, reason)
+        self.events_dropped.labels(name, "late")
+        for action in ("wait", "drop"):
+            self.backpressure.labels(name, action)
+        for label in classes:
+            self.predictions.labels(name, label)
+            self.classifications.labels(name, label)
         self.network_rate.labels(name).set(0)
         self.active_sessions.labels(name).set(0)
         self.queue_depth.labels(name).set(0)
@@ -197,6 +251,9 @@ class Metrics:
         c.step_latency.observe(step_s)
         c.sops.inc(max(sops, 0.0))
         c.energy.inc(max(energy_j, 0.0))
+        first = self._first_layer_j.get(model, 0.0) * n
+        c.energy_first_layer.inc(first)
+        c.energy_synaptic.inc(max(energy_j - first, 0.0))
         totals = counts.sum(0).tolist()
         ema = self._ema.setdefault(model, [0.0] * (len(layers) + 1))
         w = 1.0 - (1.0 - RATE_EMA) ** n  # n steps at once weigh as n single steps
@@ -220,6 +277,8 @@ class _BatchChildren:
         self.step_latency = m.step_latency.labels(model)
         self.sops = m.sops.labels(model)
         self.energy = m.energy.labels(model)
+        self.energy_first_layer = m.energy_first_layer.labels(model)
+        self.energy_synaptic = m.energy_synaptic.labels(model)
         self.network_rate = m.network_rate.labels(model)
         self.spikes = [m.spikes.labels(model, layer) for layer in layers]
         self.layer_rate = [m.layer_rate.labels(model, layer) for layer in layers]
