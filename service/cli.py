@@ -7,7 +7,6 @@ flags win over the environment, which wins over the file (docs/service.md).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from pydantic import ValidationError
@@ -67,6 +66,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--environment", choices=["development", "production"], help="production requires API keys"
     )
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="text: timestamped lines; json: one object per line, for log shippers (default text)",
+    )
 
 
 _FIELDS = (
@@ -90,6 +94,7 @@ _FIELDS = (
     "drain_timeout_s",
     "environment",
     "log_level",
+    "log_format",
 )
 
 
@@ -109,18 +114,19 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from service.logs import configure_logging
     from service.main import create_app
     from service.server import DrainingServer
 
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # configure_logging above: one format for uvicorn's lines and the app's
+        access_log=False,  # service.logs.RequestLog writes the access log, with request ids
         **settings.uvicorn_ws_options,
         timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
     )

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["text", "json"] = "text"  # one format for uvicorn's lines and the app's (service/logs.py)
 
     # Models
     model_dir: Path = BUNDLED_MODEL_DIR

@@ -14,6 +14,7 @@ from asasnn import __version__
 from service.api.main import api_router
 from service.config import Settings, load_settings
 from service.errors import ApiKeyGate, install_error_handlers
+from service.logs import RequestLog
 from service.state import ServiceState
 
 _UPLOAD_OVERHEAD = 64 * 1024  # multipart boundaries and form fields
@@ -50,7 +51,8 @@ def create_app(settings: Settings | None = None, loader: Any = None) -> FastAPI:
             "/v1/classify/batch": settings.max_batch_files * settings.max_upload_bytes + _UPLOAD_OVERHEAD,
         },
     )
-    app.add_middleware(ApiKeyGate, settings=settings)  # added last: runs first, before any body is read
+    app.add_middleware(ApiKeyGate, settings=settings)  # before any body is read
+    app.add_middleware(RequestLog)  # outermost: every request gets an id and an access-log line
     return app
 
 

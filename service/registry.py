@@ -114,7 +114,7 @@ class ModelRegistry:
             if e.runner is not None:
                 continue
             try:
-                e.backend = resolve_backend(self.backend, e.path)
+                e.backend, why = resolve_backend(self.backend, e.path)
                 kw: dict[str, object] = {} if threads is None else {"threads": threads}
                 if e.backend == "torch" and self.torch_rewrite:
                     kw["rewrite"] = True
@@ -122,6 +122,16 @@ class ModelRegistry:
             except Exception as exc:  # noqa: BLE001 - one broken bundle must not hide the others
                 e.error = f"{type(exc).__name__}: {exc}"
                 log.error("model %s: cannot load %s: %s", e.name, e.path, e.error)
+                continue
+            providers = e.runner.providers  # ONNX Runtime's execution providers (none for torch)
+            log.info(
+                "model %s: backend %s (%s) on %s%s",
+                e.name,
+                e.backend,
+                why,
+                e.runner.device,
+                f", providers {providers}" if providers else "",
+            )
 
     @property
     def names(self) -> list[str]:
@@ -139,13 +149,16 @@ def is_bundle(d: Path) -> bool:
     return (d / CARD_FILE).is_file()
 
 
-def resolve_backend(backend: str, path: Path) -> str:
-    """``auto``: ONNX Runtime when it is installed and the bundle has its graph (faster on a CPU,
-    docs/performance.md), else PyTorch."""
+def resolve_backend(backend: str, path: Path) -> tuple[str, str]:
+    """The backend for a bundle and why: ``auto`` picks ONNX Runtime when it is installed and the
+    bundle has its graph (faster on a CPU, docs/performance.md), else PyTorch."""
     if backend != "auto":
-        return backend
-    has_ort = importlib.util.find_spec("onnxruntime") is not None
-    return "onnx" if has_ort and any((path / f).is_file() for f in ONNX_FILES.values()) else "torch"
+        return backend, "asked for"
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "torch", "auto: onnxruntime is not installed (pip install onnxruntime for the faster backend)"
+    if not any((path / f).is_file() for f in ONNX_FILES.values()):
+        return "torch", "auto: the bundle has no ONNX graph"
+    return "onnx", "auto: onnxruntime installed and the bundle has its graph"
 
 
 def _safe_name(name: str) -> str:

@@ -58,6 +58,7 @@ class Runner(Protocol):
     layer_names: tuple[str, ...]
     frame_shape: tuple[int, int, int]
     hop: int  # steps between fresh results: 1 in step mode, the window hop in window mode
+    providers: list[str]  # ONNX Runtime's execution providers, in order (empty for torch)
 
     @property
     def device(self) -> str: ...  # "cpu" or "cuda": where the step computes
@@ -89,6 +90,7 @@ class StepRunner:
     frame_shape: tuple[int, int, int]
     hop: int = 1
     device: str = "cpu"
+    providers: list[str] = []  # noqa: RUF012 - set per instance by ONNX Runtime runners, read-only here
 
     def __init__(self, card: ModelCard, net: SpikingNet, capacity: int = 8) -> None:
         self.card = card

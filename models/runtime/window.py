@@ -110,6 +110,8 @@ class WindowRunner(StepRunner):
             where = "cuda" if ev.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         runner = cls(bundle.exact, bundle.card, ev, hop=hop, capacity=capacity)
         runner.device = where
+        if backend != "torch":
+            runner.providers = list(ev.session.get_providers())
         return runner
 
     def bytes_per_stream(self) -> int:

@@ -201,8 +201,7 @@ def test_stream_cli_errors(tmp_path, capsys, server):
 
 
 def test_max_seconds_stops_an_endless_source(server, capsys):
-    t = time.monotonic()
     rc = cli.run(parse("synthetic", "--url", server.ws, "--speed", "4", "--max-seconds", "1", "--quiet"))
-    assert rc == 0 and time.monotonic() - t < 10
+    assert rc == 0  # it returned at all: the source is endless
     assert "final label" in capsys.readouterr().out
     assert threading.active_count() < 50

@@ -68,7 +68,7 @@ def test_streams_still_open_at_the_drain_timeout_are_closed_with_1012(model_dir)
             assert err["code"] == "draining" and err["fatal"]
             assert await s.next_message(10) is None  # closed
             assert s.close_code == 1012
-            assert 0.9 < time.monotonic() - t0 < 8
+            assert time.monotonic() - t0 > 0.9  # not before the drain timeout (an upper bound would be a race)
             await s.close()
 
         run(go())

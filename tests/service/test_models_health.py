@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -95,7 +96,7 @@ def test_registry_torch_rewrite_reaches_the_runner(model_dir):
 
     def loader(path, backend, device, **kw):
         calls.append({"backend": backend, **kw})
-        return object()
+        return SimpleNamespace(device=device, providers=[])  # what the registry reads of a runner
 
     ModelRegistry.scan(model_dir, backend="torch", torch_rewrite=True).load_all(loader)
     ModelRegistry.scan(model_dir, backend="torch").load_all(loader)

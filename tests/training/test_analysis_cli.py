@@ -4,7 +4,6 @@ the data's statistics so every layer spikes) on a small synthetic test split, in
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from asasnn.cli import main
 from models.config import NetworkConfig
 from models.network import SpikingNet
 from training.config import TrainConfig
-from training.loop import frame_dataset, open_source
+from training.data_source import frame_dataset, open_source
 
 SYNTH = {"num_subjects_train": 1, "num_subjects_test": 1, "clips_per_class_per_subject": 1, "duration_us": 200_000}
 KINDS = ("none", "asa", "causal-asa")
@@ -54,9 +53,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def test_analyze_numbers_only(checkpoints: list[Path], tmp_path: Path) -> None:
     """The three models compared, tables and JSON only (``--no-figures``): a few seconds."""
     out = tmp_path / "report"
-    t0 = time.perf_counter()
     assert main(["analyze", *map(str, checkpoints), "--out", str(out), "--no-progress", "--no-figures"]) == 0
-    assert time.perf_counter() - t0 < 60
     assert "<table>" in (out / "report.html").read_text() and not list((out / "figures").glob("*.png"))
     rep = json.loads((out / "analysis.json").read_text())
     _check_json(rep)

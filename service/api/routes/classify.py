@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile, status
 
 from models.events.types import MAX_T_US, SensorSize
 from service.api.deps import AuthDep, ReadyDep, lookup_model
@@ -44,6 +44,9 @@ class Options:
     def __init__(
         self,
         model: Annotated[str | None, Form(description="model name; default: the default model")] = None,
+        model_query: Annotated[
+            str | None, Query(alias="model", description="the model name as a query parameter instead")
+        ] = None,
         format: Annotated[
             Literal["aedat4", "npy", "npz", "wire"] | None, Form(description="skip detection")
         ] = None,
@@ -58,7 +61,9 @@ class Options:
         top_k: Annotated[int, Form(ge=1, le=1000)] = 3,
         include_steps: Annotated[bool, Form(description="add every timestep's prediction")] = False,
     ) -> None:
-        self.model, self.format = model, format
+        if model is not None and model_query is not None and model != model_query:
+            raise _error(422, "bad_option", f"model {model!r} in the form and {model_query!r} in the query differ")
+        self.model, self.format = model or model_query, format
         self.sensor = None
         if (sensor_width is None) != (sensor_height is None):
             raise _error(422, "bad_option", "give both sensor_width and sensor_height, or neither")

@@ -23,6 +23,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from models.events.types import EVENT_BYTES
 from service.api.deps import key_problem, presented_key
+from service.logs import fields
 from service.protocol import (
     CLOSE_BAD_START,
     CLOSE_FORBIDDEN,
@@ -72,9 +73,14 @@ _FATAL_CLOSE = {
 _DRAINING = "this server is shutting down; connect again (another replica takes the stream)"
 
 
+def _client(ws: WebSocket) -> str | None:
+    return f"{ws.client.host}:{ws.client.port}" if ws.client else None
+
+
 async def _refuse(ws: WebSocket, state: ServiceState, code: str, message: str) -> None:
-    """End a connection that never got a session: error message, close code, metric."""
+    """End a connection that never got a session: error message, close code, metric, log line."""
     state.metrics.sessions_rejected.labels(code).inc()
+    log.info("session refused", extra=fields(reason=code, client=_client(ws)))
     with contextlib.suppress(Exception):
         await ws.send_text(json.dumps({"type": "error", "code": code, "message": message, "fatal": True}))
         await ws.close(_FATAL_CLOSE.get(code, CLOSE_BAD_START), code)
@@ -86,6 +92,8 @@ async def infer(ws: WebSocket) -> None:
     s = state.settings
     if not origin_allowed(ws, s.allowed_origins):  # a page of another site: refused before the handshake
         state.metrics.sessions_rejected.labels("forbidden_origin").inc()
+        log.info("session refused", extra=fields(reason="forbidden_origin", client=_client(ws),
+                                                 origin=ws.headers.get("origin")))
         return await ws.close(CLOSE_FORBIDDEN)
     await ws.accept()
     problem = key_problem(s, presented_key(ws, allow_query=True))
@@ -148,11 +156,25 @@ async def _serve(ws: WebSocket, state: ServiceState, msg: Message) -> None:
     except ProtocolError as e:
         return await _refuse(ws, state, e.code, e.message)
     state.add_stream(session)
+    client = _client(ws)
+    b = session.cfg.binner
+    log.info(
+        "session opened",
+        extra=fields(session=session.id, model=session.model, client=client, sensor=f"{b.sensor.width}x"
+                     f"{b.sensor.height}", dt_us=b.dt_us, ds=b.ds),
+    )
+    t0, reason = time.monotonic(), "internal"
     try:
-        await _run(ws, state, session)
+        reason = await _run(ws, state, session)
     finally:
         state.remove_stream(session)
         await session.close()
+        log.info(
+            "session ended",
+            extra=fields(session=session.id, model=session.model, client=client, reason=reason,
+                         duration_s=round(time.monotonic() - t0, 3), steps=session.totals.steps,
+                         events=session.events),
+        )
 
 
 async def _open(state: ServiceState, start: StartMessage) -> Session:
@@ -206,10 +228,12 @@ async def _open(state: ServiceState, start: StartMessage) -> Session:
     return session
 
 
-async def _run(ws: WebSocket, state: ServiceState, session: Session) -> None:
+async def _run(ws: WebSocket, state: ServiceState, session: Session) -> str:
+    """Serve the session until it ends; return why it ended (an error code, ``stop``, ``disconnected``)."""
     s, m = state.settings, state.metrics
     sender = asyncio.get_running_loop().create_task(_send_loop(ws, state, session))
     close_code = CLOSE_NORMAL
+    reason = "disconnected"
     try:
         while not sender.done():
             msg = await _receive(ws, s.idle_timeout_s)
@@ -220,11 +244,11 @@ async def _run(ws: WebSocket, state: ServiceState, session: Session) -> None:
                     fatal=True,
                 )
                 session.emit(e.to_message())
-                close_code = CLOSE_IDLE
+                close_code, reason = CLOSE_IDLE, e.code
                 break
             arrived = time.perf_counter()
             if msg["type"] == "websocket.disconnect":
-                return
+                return reason
             try:
                 if msg.get("bytes") is not None:
                     data: bytes = msg["bytes"]
@@ -236,17 +260,21 @@ async def _run(ws: WebSocket, state: ServiceState, session: Session) -> None:
                         raise
                     await session.feed(events, arrived)
                 elif await _control(session, msg.get("text") or "", arrived):
+                    reason = "stop"
                     break
             except ProtocolError as e:
                 session.emit(e.to_message())
                 if e.fatal:
-                    close_code = _FATAL_CLOSE.get(e.code, CLOSE_BAD_START)
+                    close_code, reason = _FATAL_CLOSE.get(e.code, CLOSE_BAD_START), e.code
                     break
+        if sender.done() and session.failed is not None:  # ended by the server (stalled, internal, draining)
+            reason = session.failed.code
         session.outbox.put_nowait(({"type": "__close__", "code": close_code}, None))
         with contextlib.suppress(asyncio.TimeoutError, Exception):
             await asyncio.wait_for(asyncio.shield(sender), 10.0)
+        return reason
     except WebSocketDisconnect:
-        return
+        return reason
     finally:
         if not sender.done():
             sender.cancel()
@@ -255,19 +283,13 @@ async def _run(ws: WebSocket, state: ServiceState, session: Session) -> None:
 
 
 async def _receive(ws: WebSocket, seconds: float) -> Message | None:
-    """The next message, or None when none came within ``seconds``. ``asyncio.timeout`` (Python >= 3.11)
-    adds no task and no extra turn of the event loop per message, which ``asyncio.wait_for`` does
-    before Python 3.12."""
+    """The next message, or None when none came within ``seconds``. ``asyncio.timeout`` adds no task
+    and no extra turn of the event loop per message, which ``asyncio.wait_for`` does before 3.12."""
     try:
-        if _timeout is None:
-            return await asyncio.wait_for(ws.receive(), seconds)
-        async with _timeout(seconds):
+        async with asyncio.timeout(seconds):
             return await ws.receive()
     except TimeoutError:
         return None
-
-
-_timeout = getattr(asyncio, "timeout", None)
 
 
 async def _control(session: Session, text: str, arrived: float) -> bool:

@@ -1,7 +1,6 @@
 """Event files: exact round trips through our writers (AEDAT4 through dv-processing's real writer)
 and a clear, file-naming EventError for every kind of bad file; the same from bytes."""
 
-import time
 
 import dv_processing as dv
 import numpy as np
@@ -235,7 +234,7 @@ def test_bad_bytes_name_the_upload(data, suffix, code, words):
     assert err.value.code == code and str(err.value).startswith("upload: ")
 
 
-def test_not_an_aedat4_file_is_refused_before_dv_processing(tmp_path, events):
+def test_not_an_aedat4_file_is_refused_before_dv_processing(tmp_path, events, monkeypatch):
     """dv-processing takes seconds to reject garbage (it builds a C++ stack trace); the header check
     answers at once, for files and bytes alike."""
     good = tmp_path / "good.aedat4"
@@ -246,12 +245,16 @@ def test_not_an_aedat4_file_is_refused_before_dv_processing(tmp_path, events):
         "text.aedat4": b"#!AER-DAT4.0\r\n" + b"x" * 100_000,
         "cut.aedat4": head,  # the header claims more bytes than there are
     }
+    from models.events import readers
+
+    def never(*a, **kw):  # dv-processing takes seconds to build the stack trace of its error
+        raise AssertionError("dv-processing was handed a file the header check should refuse")
+
+    monkeypatch.setattr(readers.dv.io, "MonoCameraRecording", never)
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
-        t = time.perf_counter()
         with pytest.raises(EventError) as err:
             read_events(tmp_path / name)
         with pytest.raises(EventError):
             read_events_bytes(data, ".aedat4", name)
-        assert time.perf_counter() - t < 0.5, name
         assert err.value.code == "bad_file" and str(tmp_path / name) in str(err.value)
