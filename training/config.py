@@ -26,52 +26,148 @@ ATTENTIONS = ("none", "sa", "asa", "causal-asa")
 LOSSES = ("mse", "ce")
 
 
+def option(default: Any = MISSING, doc: str = "", *, factory: Any = MISSING, choices: Any = None) -> Any:
+    """A :class:`TrainConfig` field: its default and its flag's ``--help`` sentence (and choices).
+
+    The sentence says what the option does, with units and accepted values; ``asasnn train --help``
+    shows it followed by the default (:func:`add_config_arguments`).
+    """
+    metadata = {"help": doc, "choices": choices}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run. Times in microseconds, rates in 1/epoch."""
 
     # data
-    dataset: str = "synthetic"  # synthetic | dvs128-gesture | dvs128-gait | aedat4
-    root: str | None = None  # dataset directory (real datasets)
-    synthetic: dict[str, Any] = field(default_factory=dict)  # SyntheticConfig overrides
-    cache_dir: str | None = None  # disk cache of decoded events and encoded frames
-    val_split: str = "test"
-    limit_train: int | None = None  # use a fixed random subset of this many recordings
-    limit_val: int | None = None
+    dataset: str = option(
+        "synthetic",
+        "event dataset to train on: synthetic (the built-in simulated DVS gestures), dvs128-gesture, "
+        "dvs128-gait or aedat4 (.aedat4 recordings listed in a labels.csv)",
+        choices=DATASETS,
+    )
+    root: str | None = option(
+        None,
+        "dataset directory (the release folder of dvs128-gesture, one condition of dvs128-gait, the "
+        "folder with labels.csv for aedat4); required unless the dataset is synthetic",
+    )
+    synthetic: dict[str, Any] = option(  # noqa: RUF009 (option is dataclasses.field)
+        doc="override one field of the synthetic source (models.synthetic.SyntheticConfig), the value in "
+        "YAML, e.g. seed=0, sensor=[64, 64], num_subjects_train=20; repeatable",
+        factory=dict,
+    )
+    cache_dir: str | None = option(
+        None,
+        "directory of the disk cache of decoded events and encoded frames, shared by runs; "
+        "none: no disk cache, every run encodes its frames again",
+    )
+    val_split: str = option(
+        "test",
+        "dataset split validated on, whose accuracy picks best.pt: test (the paper's practice) or "
+        "another split the dataset has",
+    )
+    limit_train: int | None = option(
+        None, "train on a fixed random subset of this many recordings; none: all of them"
+    )
+    limit_val: int | None = option(
+        None, "validate on a fixed random subset of this many recordings; none: all of them"
+    )
     # frames (models.events.encode_events)
-    timesteps: int = 16  # T: bins per training window
-    dt_us: int = 15_000  # bin width
-    ds: int = 4  # spatial downsampling
+    timesteps: int = option(16, "timesteps T of a training window and of the network, bins of dt_us each")
+    dt_us: int = option(15_000, "width of one time bin (one timestep) in microseconds")
+    ds: int = option(
+        4,
+        "spatial downsampling: each ds x ds block of sensor pixels is one input pixel "
+        "(a 128x128 sensor with ds 4 gives 32x32 frames)",
+    )
     # network
-    network: str = "tiny"  # preset name (models.config.PRESETS)
-    attention: str = "none"  # none | sa | asa | causal-asa
-    variant: int = 2  # ASA-1 or ASA-2
-    lam: float = 0.5
-    r: int | None = None  # ASA-1 reduction; None: the preset's
-    grad: str = "ste"  # ste | none (the reference code's gradient-free masks)
-    rho: float = 0.8  # causal ASA running-average decay
+    network: str = option(
+        "tiny",
+        "network preset (models.config.PRESETS): gesture3 (the paper's 3-conv), small3 (its 32-channel "
+        "variant), five (LIF-SNN-Five with PLIF and voting) or tiny (the small CPU network)",
+        choices=PRESETS,
+    )
+    attention: str = option(
+        "none",
+        "attention in every conv block: none (vanilla SNN), sa (spatial attention alone), asa (the "
+        "paper's window form) or causal-asa (the streaming form)",
+        choices=ATTENTIONS,
+    )
+    variant: int = option(
+        2,
+        "ASA variant: 1 (ASA-1, learnt temporal mixing T -> T/r -> T of the channel scores) or "
+        "2 (ASA-2, the pooled scores used directly)",
+        choices=(1, 2),
+    )
+    lam: float = option(
+        0.5,
+        "share of channels and timesteps ASA's masks select (the top floor(lam*C) channels and "
+        "floor(lam*T) timesteps), in (0, 1)",
+    )
+    r: int | None = option(None, "ASA-1's temporal reduction r, a whole number >= 1; none: the preset's")
+    grad: str = option(
+        "ste",
+        "gradient through ASA's hard masks: ste (straight-through) or none (the masks stop the "
+        "gradient, as in the reference code)",
+        choices=("ste", "none"),
+    )
+    rho: float = option(
+        0.8, "decay per timestep of causal ASA's running average of the channel scores, in [0, 1)"
+    )
     # optimisation
-    loss: str = "mse"  # mse (paper) | ce (cross-entropy on the output rates)
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    epochs: int = 200
-    batch_size: int = 32
-    restart_epochs: int | None = None  # T_0 of the cosine warm restarts; None: epochs (one cycle)
-    restart_mult: int = 1
-    min_lr: float = 0.0
+    loss: str = option(
+        "mse",
+        "training loss: mse (output firing rate against the one-hot label, the paper's) or ce "
+        "(cross-entropy with the rates as logits)",
+        choices=LOSSES,
+    )
+    lr: float = option(1e-4, "Adam's learning rate at the start of each cosine cycle")
+    weight_decay: float = option(1e-4, "Adam's weight decay (L2 penalty)")
+    epochs: int = option(200, "epochs to train, each one pass over the training recordings")
+    batch_size: int = option(32, "recordings per batch, per process under torchrun")
+    restart_epochs: int | None = option(
+        None,
+        "epochs of the first cycle of the cosine schedule with warm restarts (T_0); none: epochs, "
+        "one cosine over the run",
+    )
+    restart_mult: int = option(
+        1, "factor by which each cosine cycle is longer than the one before (T_mult, a whole number >= 1)"
+    )
+    min_lr: float = option(0.0, "learning rate at the end of every cosine cycle (eta_min)")
     # augmentation and evaluation protocol
-    crop: bool = True  # random window of T bins from the recording; off: the first T bins
-    event_drop: float = 0.0  # probability of dropping each event (binomial thinning of the counts)
-    test_clips: int = 10  # clips per recording at validation, majority vote over them
-    val_every: int = 1
+    crop: bool = option(
+        True, "train on a window of T bins at a random start in each recording (--no-crop: its first T bins)"
+    )
+    event_drop: float = option(
+        0.0,
+        "probability of dropping each event of a training window, in [0, 1) (binomial thinning of "
+        "the frame counts)",
+    )
+    test_clips: int = option(
+        10,
+        "validation windows of T bins per recording, evenly spaced; the recording's prediction is the "
+        "majority vote over them",
+    )
+    val_every: int = option(1, "validate every this many epochs (and after the last one)")
     # run
-    run_dir: str = "runs/default"
-    seed: int = 0
-    num_workers: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = None  # torch CPU threads per process; None: torch's default
-    amp: bool = True  # mixed precision, used only on CUDA
-    sync_bn: bool = False  # SyncBatchNorm under torchrun (CUDA only)
+    run_dir: str = option(
+        "runs/default", "directory of the run: config.yaml, command.txt, metrics.jsonl, last.pt, best.pt"
+    )
+    seed: int = option(0, "random seed of the initial weights, data order, crops, event drop and dropout")
+    num_workers: int = option(0, "DataLoader worker processes per training process; 0: load in the process")
+    device: str = option(
+        "auto", "where to train: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N"
+    )
+    threads: int | None = option(
+        None, "torch CPU threads per process, 1 being fastest on a small, busy CPU; none: torch's default"
+    )
+    amp: bool = option(
+        True, "mixed precision (float16 autocast with gradient scaling) on CUDA; ignored on the CPU"
+    )
+    sync_bn: bool = option(False, "SyncBatchNorm instead of BatchNorm under torchrun (CUDA only)")
 
     def __post_init__(self) -> None:
         checks = [
@@ -210,25 +306,25 @@ def _parse_kv(text: str) -> tuple[str, Any]:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`TrainConfig` field (``--batch-size``); unset flags override nothing."""
+    """One flag per :class:`TrainConfig` field (``--batch-size``), its help the field's ``option``
+    sentence and default; unset flags override nothing."""
     group = parser.add_argument_group("training options (override the recipe / config file)")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         tp = _base_type(_field_type(TrainConfig, f.name))
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f"(default: {default})"
+        doc = f.metadata["help"].replace("%", "%%")  # argparse formats help with %
         if tp is bool:
+            help_text = f"{doc} (default: {'--' if default else '--no-'}{f.name.replace('_', '-')})"
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif tp is dict:
-            group.add_argument(
-                flag, dest=f.name, type=_parse_kv, action="append", default=None, metavar="KEY=VALUE",
-                help="synthetic source option, repeatable (e.g. seed=0, train_per_class=40)",
-            )
+            group.add_argument(flag, dest=f.name, type=_parse_kv, action="append", default=None,
+                               metavar="KEY=VALUE", help=doc)
         else:
             conv = (lambda s, t=tp: None if s.lower() == "none" else t(s)) if f.default is None else tp
-            choices = {"dataset": DATASETS, "attention": ATTENTIONS, "loss": LOSSES, "network": PRESETS,
-                       "variant": (1, 2), "grad": ("ste", "none")}.get(f.name)
-            group.add_argument(flag, dest=f.name, type=conv, default=None, choices=choices, help=help_text)
+            help_text = f"{doc} (default: {'none' if default is None else default})"
+            group.add_argument(flag, dest=f.name, type=conv, default=None, choices=f.metadata["choices"],
+                               help=help_text)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -268,6 +364,7 @@ __all__ = [
     "TrainConfig",
     "add_config_arguments",
     "config_from_args",
+    "option",
     "overrides_from_args",
     "recipe_path",
 ]

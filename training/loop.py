@@ -2,15 +2,10 @@
 
 A run lives in ``run_dir``: ``config.yaml`` (the :class:`TrainConfig`), ``metrics.jsonl`` (one JSON
 line per epoch), ``last.pt`` (after every epoch) and ``best.pt`` (best validation accuracy by majority
-vote). Checkpoints are plain dicts that load with ``torch.load(weights_only=True)``::
-
-    config        NetworkConfig.to_dict()
-    model         state_dict
-    data          {dataset, classes, sensor [w, h], ds, dt_us, timesteps}
-    metrics       {accuracy (vote, 0..1), nasfr, split, data}  of the validation at that epoch
-    train_config  TrainConfig.to_dict()
-    command       the command line that trained it
-    optimizer, scheduler, scaler, epoch (epochs completed), best, rng (per rank)
+vote). Checkpoints (:mod:`training.checkpoint`) hold every entry of
+:class:`~training.checkpoint.Checkpoint`: the network (config, model), its data (dataset, classes,
+sensor, ds, dt_us, timesteps), the validation metrics, the training config and command, and the
+training state (optimizer, scheduler, scaler, epoch, best, rng per rank).
 
 Resume restores all of them; with the same configuration the continued run is the run that was not
 interrupted (same data order, crops, dropout masks), on the CPU bit for bit.
@@ -20,11 +15,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -32,13 +26,14 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader, DistributedSampler
 
-from models.events import BinnerConfig
 from models.instrument import EnergyModel
 from models.network import SpikingNet
 from training import distributed as D
+from training.checkpoint import Checkpoint, DataInfo, Metrics, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
+from training.data_source import binner_for, frame_dataset, open_source
 from training.evaluate import Predictions, accuracies, predict
-from training.frames import EventSource, FrameDataset, frame_cache_key, subset_indices
+from training.frames import EventSource
 
 
 def rate_loss(rate: torch.Tensor, label: torch.Tensor, kind: str = "mse") -> torch.Tensor:
@@ -52,62 +47,6 @@ def rate_loss(rate: torch.Tensor, label: torch.Tensor, kind: str = "mse") -> tor
     if kind == "ce":
         return F.cross_entropy(rate, label)
     raise ValueError(f"unknown loss {kind!r}")
-
-
-# ---- data ------------------------------------------------------------------------------------------
-def open_source(cfg: TrainConfig, split: str) -> EventSource:
-    """The event dataset named by the configuration (``synthetic`` or a real loader)."""
-    if cfg.dataset == "synthetic":
-        return synthetic_source(cfg.synthetic, split)
-    import inspect
-
-    from training.data import DATASETS, open_dataset
-
-    opts: dict[str, Any] = {}
-    if cfg.cache_dir and "cache_dir" in inspect.signature(DATASETS[cfg.dataset]).parameters:
-        opts["cache_dir"] = str(Path(cfg.cache_dir) / f"events-{cfg.dataset}")
-    return open_dataset(cfg.dataset, cfg.root, split, **opts)
-
-
-def synthetic_source(options: dict[str, Any], split: str) -> EventSource:
-    """The synthetic gesture source; ``options`` override :class:`models.synthetic.SyntheticConfig`
-    (``sensor: [width, height]``, ``dvs: {...}`` for the nested ones)."""
-    from models.events import SensorSize
-    from models.synthetic import CLASSES, DvsParams, SyntheticConfig, SyntheticEventDataset
-
-    kw = dict(options)
-    if "sensor" in kw and not isinstance(kw["sensor"], SensorSize):
-        kw["sensor"] = SensorSize(*kw["sensor"])
-    if "dvs" in kw and isinstance(kw["dvs"], dict):
-        kw["dvs"] = DvsParams(**kw["dvs"])
-    syn = SyntheticConfig(**kw)
-    ds = SyntheticEventDataset(syn, split, cache_size=0)  # frames are cached here, not events
-    if not hasattr(ds, "classes"):
-        ds.classes = CLASSES  # type: ignore[attr-defined]
-    if not hasattr(ds, "sensor"):
-        ds.sensor = syn.sensor  # type: ignore[attr-defined]
-    return ds
-
-
-def source_description(cfg: TrainConfig, split: str) -> dict[str, Any]:
-    if cfg.dataset == "synthetic":
-        return {"dataset": "synthetic", "split": split, "options": cfg.synthetic}
-    return {"dataset": cfg.dataset, "root": str(Path(cfg.root or ".").resolve()), "split": split}
-
-
-def binner_for(cfg: TrainConfig, source: EventSource) -> BinnerConfig:
-    return BinnerConfig(source.sensor, cfg.dt_us, cfg.ds)
-
-
-def frame_dataset(cfg: TrainConfig, source: EventSource, split: str, train: bool) -> FrameDataset:
-    binner = binner_for(cfg, source)
-    limit = cfg.limit_train if train else cfg.limit_val
-    return FrameDataset(
-        source, binner, cfg.timesteps, train=train, clips=cfg.test_clips, crop=cfg.crop,
-        event_drop=cfg.event_drop if train else 0.0, seed=cfg.seed,
-        indices=subset_indices(len(source), limit, cfg.seed),
-        cache_dir=cfg.cache_dir, cache_key=frame_cache_key(source_description(cfg, split), binner),
-    )
 
 
 # ---- random state ----------------------------------------------------------------------------------
@@ -141,29 +80,16 @@ def set_rng_state(s: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint file, or ``last.pt`` of a run directory."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "last.pt"
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 # ---- the trainer -----------------------------------------------------------------------------------
 class Trainer:
-    """One training run. ``sources`` (train, validation) replace the configured dataset (tests)."""
+    """One training run. ``sources`` (train, validation) replace the configured dataset (tests);
+    ``resume``: a run directory (its ``last.pt``), a checkpoint file or a loaded checkpoint."""
 
     def __init__(
         self,
         cfg: TrainConfig,
         command: str | None = None,
-        resume: str | Path | None = None,
+        resume: str | Path | Checkpoint | None = None,
         sources: tuple[EventSource, EventSource] | None = None,
         progress: bool = True,
     ) -> None:
@@ -200,13 +126,13 @@ class Trainer:
         if self.dist.rank:
             torch.manual_seed(cfg.seed + self.dist.rank)  # own dropout masks per rank
         if resume is not None:
-            self._restore(load_checkpoint(resume))
+            self._restore(resume if isinstance(resume, Checkpoint) else load_checkpoint(resume, resume=True))
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def _empty_metrics(self) -> dict[str, Any]:
         return {"accuracy": math.nan, "nasfr": math.nan, "split": self.cfg.val_split, "data": self.cfg.data_description}
 
-    def data_info(self) -> dict[str, Any]:
+    def data_info(self) -> DataInfo:
         return {
             "dataset": self.cfg.dataset,
             "classes": self.classes,
@@ -216,39 +142,44 @@ class Trainer:
             "timesteps": self.cfg.timesteps,
         }
 
-    def checkpoint(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "config": self.net_cfg.to_dict(),
-            "model": self.net.state_dict(),
-            "data": self.data_info(),
-            "metrics": dict(self.metrics),
-            "train_config": self.cfg.to_dict(),
-            "command": self.command,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "best": self.best,
-            "rng": rng,
-        }
+    def checkpoint(self, rng: list[dict[str, Any]]) -> Checkpoint:
+        return Checkpoint(
+            config=self.net_cfg.to_dict(),
+            model=self.net.state_dict(),
+            data=self.data_info(),
+            metrics=cast(Metrics, dict(self.metrics)),
+            train_config=self.cfg.to_dict(),
+            command=self.command,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(),
+            epoch=self.epoch,
+            best=self.best,
+            rng=rng,
+        )
 
-    def _restore(self, ck: dict[str, Any]) -> None:
-        if ck["config"] != self.net_cfg.to_dict():
-            raise ValueError("the checkpoint's network does not match this configuration")
-        self.net.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.scheduler.load_state_dict(ck["scheduler"])
+    def _restore(self, ck: Checkpoint) -> None:
+        if not ck.resumable:
+            raise ValueError(f"{ck.name}: holds no training state to resume")
+        if ck.config != self.net_cfg.to_dict():
+            raise ValueError(f"{ck.name}: the checkpoint's network does not match this configuration")
+        assert ck.optimizer is not None and ck.scheduler is not None and ck.rng is not None
+        epoch, best = int(ck.epoch or 0), float(ck.best if ck.best is not None else -math.inf)
+        self.net.load_state_dict(ck.model)
+        self.optimizer.load_state_dict(ck.optimizer)
+        self.scheduler.load_state_dict(ck.scheduler)
         want = (self.cfg.restart_epochs or self.cfg.epochs, self.cfg.restart_mult, self.cfg.min_lr)
         if (self.scheduler.T_0, self.scheduler.T_mult, self.scheduler.eta_min) != want:
             # the schedule was changed on resume (e.g. more epochs): the new one, at this epoch
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
                 self.optimizer, T_0=want[0], T_mult=want[1], eta_min=want[2]
             )
-            self.scheduler.step(int(ck["epoch"]))
-        if ck.get("scaler"):
-            self.scaler.load_state_dict(ck["scaler"])
-        self.epoch, self.best, self.metrics = int(ck["epoch"]), float(ck["best"]), dict(ck["metrics"])
-        states = ck["rng"]
+            self.scheduler.step(epoch)
+        if ck.scaler:
+            self.scaler.load_state_dict(ck.scaler)
+        self.epoch, self.best = epoch, best
+        self.metrics = dict(ck.metrics) if ck.metrics is not None else self._empty_metrics()
+        states = ck.rng
         if len(states) == self.dist.world_size:
             set_rng_state(states[self.dist.rank])
         else:  # another world size: a fresh, still reproducible stream per rank
@@ -259,9 +190,9 @@ class Trainer:
         if not self.main:
             return
         ck = self.checkpoint(rng)
-        atomic_save(ck, self.run_dir / "last.pt")
+        save_checkpoint(self.run_dir / "last.pt", ck)
         if improved:
-            atomic_save(ck, self.run_dir / "best.pt")
+            save_checkpoint(self.run_dir / "best.pt", ck)
 
     # ---- epochs --------------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
@@ -367,9 +298,8 @@ class Trainer:
 
 __all__ = [
     "Trainer",
-    "binner_for",
+    "binner_for",  # re-exported from training.data_source, where they live
     "frame_dataset",
-    "load_checkpoint",
     "open_source",
     "rate_loss",
     "rng_state",

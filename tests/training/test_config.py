@@ -1,6 +1,7 @@
 """TrainConfig: YAML recipes, flag precedence, the reproducing command, validation."""
 
 import argparse
+from dataclasses import fields
 
 import pytest
 
@@ -68,3 +69,25 @@ def test_paper_recipe_values():
     assert night.network_config(10, (32, 32)).attention.r == 8
     with pytest.raises(ValueError, match="unknown recipe"):
         recipe_path("nope")
+
+
+def test_every_train_option_is_explained():
+    """``asasnn train --help``: every option says what it does, not only its default."""
+    import re
+
+    from training.cli import train as train_cli
+
+    parser = argparse.ArgumentParser(prog="asasnn train")
+    train_cli.add_arguments(parser)
+    actions = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    flags = {a.dest for a in actions}
+    assert {f.name for f in fields(TrainConfig)} <= flags  # one flag per field
+    for action in actions:
+        text = re.sub(r"\(default: [^)]*\)$", "", action.help or "").strip()
+        assert len(text.split()) >= 3, f"{action.option_strings[0]} has no help text beyond its default: {action.help!r}"
+    for f in fields(TrainConfig):
+        assert f.metadata.get("help"), f"TrainConfig.{f.name} has no option(..., help) sentence"
+    # and argparse can render all of it (a stray % would break --help)
+    shown = " ".join(parser.format_help().split())
+    assert "width of one time bin (one timestep) in microseconds" in shown and "(default: 15000)" in shown
+    assert "(default: --crop)" in shown

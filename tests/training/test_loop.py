@@ -162,7 +162,7 @@ def test_train_and_eval_commands_on_synthetic(tmp_path, capsys):
     # the same model as a bundle directory gives the same numbers
     from models.runtime.bundle import save_bundle
     from models.runtime.export import build_card
-    from training.cli.evaluate import load_model
+    from training.checkpoint import load_model
 
     net, info = load_model(run / "best.pt")
     data = info["data"]

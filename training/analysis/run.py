@@ -117,7 +117,7 @@ def model_name(path: str | Path, attention: str) -> str:
 def test_dataset(info: dict[str, Any], opts: AnalysisOptions):
     """The frame dataset a model is analysed on, built like training's validation data."""
     from training.config import TrainConfig
-    from training.loop import frame_dataset, open_source
+    from training.data_source import frame_dataset, open_source
 
     data = info["data"]
     if info.get("train_config"):
@@ -236,7 +236,7 @@ def build_result(net, raw: dict[str, Any], opts: AnalysisOptions, name: str, pat
 
 def analyze(paths: list[str], opts: AnalysisOptions, names: list[str] | None = None, log=print) -> list[ModelResult]:
     """Analyse every model on its test data (datasets shared between models that use the same one)."""
-    from training.cli.evaluate import load_model
+    from training.checkpoint import load_model
     from training.distributed import pick_device
 
     device = pick_device(opts.device)

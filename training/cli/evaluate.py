@@ -49,42 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model(path: str | Path, arithmetic: str | None = None) -> tuple[Any, dict[str, Any]]:
-    """``(network in eval mode, checkpoint-like dict with config, data, train_config, metrics)``.
+    """:func:`training.checkpoint.load_model`, imported when called (``--help`` imports no torch)."""
+    from training.checkpoint import load_model as load
 
-    Accepts a checkpoint file, a run directory (``best.pt``, else ``last.pt``) or a bundle directory
-    (``models.runtime.bundle.load_bundle``). ``arithmetic``: ``"exact"`` (a bundle's exact network;
-    for a checkpoint the exact form an export would give it) or ``"float32"`` (the weights as
-    trained); default exact for a bundle, float32 for a checkpoint. The dict's ``arithmetic`` says.
-    """
-    import torch
-
-    from models.config import NetworkConfig
-    from models.network import SpikingNet
-
-    path = Path(path)
-    if path.is_dir() and not (path / "best.pt").exists() and not (path / "last.pt").exists():
-        from models.runtime.bundle import load_bundle  # a bundle directory
-
-        return _from_bundle(load_bundle(path, check_graph=False), path, arithmetic or "exact")
-    if path.is_dir():
-        path = path / ("best.pt" if (path / "best.pt").exists() else "last.pt")
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    net = SpikingNet(NetworkConfig.from_dict(ck["config"]))
-    net.load_state_dict(ck["model"])
-    info = {k: ck.get(k) for k in ("config", "data", "train_config", "metrics", "command")} | {"path": str(path)}
-    if arithmetic == "exact":
-        from models.runtime.exact import exact_network, exact_spec
-
-        return exact_network(net, exact_spec(net)), info | {"arithmetic": "exact"}
-    return net.eval(), info | {"arithmetic": "float32"}
-
-
-def _from_bundle(bundle: Any, path: Path, arithmetic: str) -> tuple[Any, dict[str, Any]]:
-    """A bundle's exact (or float32) network and its card's checkpoint-style description."""
-    card = bundle.card.to_dict()
-    info = {k: card.get(k) for k in ("config", "data", "train_config", "metrics", "command")}
-    net = bundle.exact if arithmetic == "exact" else bundle.net.eval()
-    return net, info | {"path": str(path), "arithmetic": arithmetic}
+    return load(path, arithmetic)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,9 +60,9 @@ def run(args: argparse.Namespace) -> int:
 
     from models.instrument import EnergyModel
     from training.config import TrainConfig
+    from training.data_source import frame_dataset, open_source
     from training.distributed import pick_device
     from training.evaluate import format_table, predict, summarize
-    from training.loop import frame_dataset, open_source
 
     try:
         net, info = load_model(args.model, args.arithmetic)

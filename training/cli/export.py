@@ -1,8 +1,8 @@
 """``asasnn export CHECKPOINT -o DIR``: write a verified model bundle (docs/bundle.md).
 
 CHECKPOINT is a training checkpoint (``.pt``), a run directory (its ``best.pt``, else ``last.pt``)
-or an existing bundle directory (re-export). The checkpoint contract, what this command reads from a
-file written by ``torch.save`` and loaded with ``torch.load(weights_only=True)``::
+or an existing bundle directory (re-export). The checkpoint contract (:mod:`training.checkpoint`, which
+reads it with ``torch.load(weights_only=True)``), what this command uses of it::
 
     config    NetworkConfig.to_dict()
     model     the network's state_dict
@@ -22,7 +22,6 @@ A bundle directory of format 1 (float arithmetic) is re-exported in the exact fo
 from __future__ import annotations
 
 import argparse
-import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,53 +45,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="events per frame cell at which the exact form saturates; bounds the first layer's sums (default 1023)",
     )
     parser.add_argument("--force", action="store_true", help="replace a non-empty output directory")
-
-
-def load_checkpoint(path: Path) -> tuple[Any, dict[str, Any]]:
-    """``(network in eval mode, checkpoint dict)`` from a checkpoint file or run directory."""
-    import torch
-
-    from models.config import NetworkConfig
-    from models.network import SpikingNet
-
-    if path.is_dir():
-        path = path / ("best.pt" if (path / "best.pt").exists() else "last.pt")
-    if not path.is_file():
-        raise ValueError(f"{path}: no such checkpoint file")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except (
-        RuntimeError,
-        pickle.UnpicklingError,
-        EOFError,
-        OSError,
-        ValueError,
-        AttributeError,
-        ImportError,
-    ) as err:
-        # a corrupt zip, a truncated file, a pickle that asks for code, ...
-        raise ValueError(
-            f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
-        ) from None
-    if not isinstance(ck, dict):
-        raise TypeError(f"{path}: a checkpoint must be a dict, got {type(ck).__name__}")
-    missing = [k for k in ("config", "model", "data") if k not in ck]
-    if missing:
-        raise ValueError(f"{path}: checkpoint lacks {missing} (see `asasnn export --help`)")
-    data = ck["data"]
-    if not isinstance(data, dict) or any(k not in data for k in ("classes", "sensor", "ds", "dt_us")):
-        raise ValueError(f"{path}: checkpoint 'data' must hold classes, sensor, ds and dt_us")
-    try:
-        net = SpikingNet(NetworkConfig.from_dict(ck["config"]))
-    except (TypeError, KeyError, ValueError) as err:
-        raise ValueError(f"{path}: 'config' is not a network configuration ({err})") from None
-    try:
-        net.load_state_dict(ck["model"], strict=True)
-    except (RuntimeError, TypeError, AttributeError) as err:
-        raise ValueError(
-            f"{path}: weights do not match the network config: {' '.join(str(err).split())[:300]}"
-        ) from None
-    return net.eval(), ck
 
 
 def _real_frames(args: argparse.Namespace, card: Any) -> Any:
@@ -131,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from models.runtime.bundle import BundleError, load_bundle, load_for_export
     from models.runtime.exact import ExactRangeError, exact_spec
     from models.runtime.export import VerificationError, build_card, export_bundle, verify_bundle
+    from training.checkpoint import load_network
 
     src = Path(args.checkpoint)
     is_bundle = src.is_dir() and (src / "card.json").exists()
@@ -155,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
             card = type(card).model_validate(card.model_dump() | update)
             arithmetic = exact_spec(net, max_count=args.max_count)
         else:
-            net, ck = load_checkpoint(src)
-            data = ck["data"]
+            net, ck = load_network(src)
+            data = ck.data
             card = build_card(
                 net,
                 classes=data["classes"],
@@ -166,10 +119,10 @@ def run(args: argparse.Namespace) -> int:
                 name=args.name,
                 version=args.version or "0.1.0",
                 hop=args.hop,
-                metrics=ck.get("metrics") or {},
+                metrics=ck.metrics or {},
                 dataset=data.get("dataset"),
-                command=ck.get("command"),
-                train_config=ck.get("train_config"),
+                command=ck.command,
+                train_config=ck.train_config,
                 max_count=args.max_count,
             )
             arithmetic = card.arithmetic

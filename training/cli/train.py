@@ -35,18 +35,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
+    from training.checkpoint import load_checkpoint
     from training.config import TrainConfig
-    from training.loop import Trainer, load_checkpoint
+    from training.loop import Trainer
 
-    base, original_command = None, None
+    base, original_command, resumed_from = None, None, None
     if args.resume:
         try:
-            ck = load_checkpoint(args.resume)
-        except FileNotFoundError as err:
-            print(f"asasnn train: nothing to resume: {err}", file=sys.stderr)
+            resumed_from = load_checkpoint(args.resume, resume=True)
+            assert resumed_from.train_config is not None  # resume=True checked it
+            base = TrainConfig.from_dict(resumed_from.train_config)
+        except ValueError as err:  # no such file, not a checkpoint, no training state, an unknown option
+            print(f"asasnn train: cannot resume: {err}", file=sys.stderr)
             return 2
-        base = TrainConfig.from_dict(ck["train_config"])
-        original_command = ck["command"]
+        original_command = resumed_from.command
         if args.run_dir is None:  # keep writing next to the checkpoint being resumed
             resumed = Path(args.resume)
             args.run_dir = str(resumed if resumed.is_dir() else resumed.parent)
@@ -65,13 +67,13 @@ def run(args: argparse.Namespace) -> int:
     if args.overwrite and not args.resume:
         (Path(cfg.run_dir) / "metrics.jsonl").unlink(missing_ok=True)
     if base is not None:  # resumed: the command that started the run, or the equivalent of the new config
-        command = original_command if cfg == base else cfg.to_command()
+        command = original_command if cfg == base and original_command else cfg.to_command()
     elif "train" in sys.argv:
         command = shlex.join(["asasnn", "train", *sys.argv[sys.argv.index("train") + 1 :]])
     else:
         command = cfg.to_command()
     try:
-        trainer = Trainer(cfg, command=command, resume=args.resume, progress=args.progress)
+        trainer = Trainer(cfg, command=command, resume=resumed_from, progress=args.progress)
     except (FileNotFoundError, ValueError) as err:  # missing data, a checkpoint of another network
         print(f"asasnn train: {err}", file=sys.stderr)
         return 2
