@@ -17,7 +17,9 @@ Reported (the first ``--warmup`` seconds left out):
 * ``queue``: ``latency_ms.queue``, from the packet's arrival to the start of the model call that ran
   the timestep (binning, waiting for a batch and the worker thread);
 * ``step``: ``latency_ms.step``, the batched model call;
-* steps/s over the run and the mean batch size (``asasnn_batch_size`` from ``/metrics``).
+* steps/s over the run and the mean batch size (``asasnn_batch_size`` from ``/metrics``);
+* the cost of a session snapshot (docs/protocol.md, "Snapshots"): before ``stop`` each stream asks
+  for one; its size in bytes and the milliseconds from the request to the snapshot arriving.
 
 Run: ``python benchmarks/bench_service.py [--streams 8] [--speed 4] [--seconds 20]``. Without a
 bundled default model (``models/bundled/default``) it exports the ``tiny`` causal-ASA network
@@ -63,6 +65,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--packet-ms", type=float, default=10.0, help="stream time per packet (default 10)")
     p.add_argument("--gestures", type=int, default=4, help="distinct gestures simulated (default 4)")
     p.add_argument("--model-dir", help="bundles to serve (default: models/bundled, else a tiny export)")
+    p.add_argument(
+        "--export",
+        choices=("tiny", "gesture3"),
+        help="serve this preset (causal ASA, untrained, calibrated), exported into a temporary directory",
+    )
     p.add_argument("--url", help="use this running server (ws://HOST:PORT/ws/infer) instead of starting one")
     p.add_argument(
         "--env", action="append", default=[], metavar="ASASNN_NAME=VALUE", help="server setting (repeatable)"
@@ -71,13 +78,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # ---- the server ---------------------------------------------------------------------------------------
-def export_tiny(out: Path) -> Path:
-    """The ``tiny`` causal-ASA network, untrained but calibrated so every layer spikes, as a bundle."""
+def export_tiny(out: Path, preset: str = "tiny") -> Path:
+    """A causal-ASA preset (``tiny``, or the paper's ``gesture3``), untrained but calibrated so every
+    layer spikes, as the bundle ``default`` (128x128 sensor, ds 4, dt 15 ms)."""
     from models.runtime.calibrate import untrained_network
     from models.runtime.export import build_card, export_bundle
     from models.synthetic import CLASSES
 
-    net = untrained_network("tiny", "causal-asa", num_classes=len(CLASSES))
+    net = untrained_network(preset, "causal-asa", num_classes=len(CLASSES))
     card = build_card(net, classes=CLASSES, sensor=(128, 128), ds=4, dt_us=15_000, name="default")
     export_bundle(net, card, out / "default", steps=8)
     return out
@@ -172,6 +180,8 @@ class StreamResult:
     step_ms: list[float] = field(default_factory=list)
     warnings: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    snapshot_bytes: list[int] = field(default_factory=list)
+    snapshot_ms: list[float] = field(default_factory=list)
 
 
 async def one_stream(
@@ -182,7 +192,7 @@ async def one_stream(
     t_stop: float,
     t_keep: float,
 ) -> StreamResult:
-    from service.client.api import ServiceError, StreamSession
+    from service.client.api import Resume, ServiceError, StreamSession
     from service.client.sources import Pacer
 
     res = StreamResult()
@@ -210,7 +220,12 @@ async def one_stream(
             res.queue_ms.append(msg["latency_ms"]["queue"])
 
     s = await StreamSession.connect(
-        url, sensor=sensor, output={"top_k": 1, "layer_rates": False}, on_message=on_message, open_timeout=60
+        url,
+        sensor=sensor,
+        output={"top_k": 1, "layer_rates": False},
+        on_message=on_message,
+        open_timeout=60,
+        resume=Resume(snapshot_every_s=1e9),  # keep the snapshot asked for below; none on a timer
     )
     pacer = Pacer(speed)
     try:
@@ -223,6 +238,13 @@ async def one_stream(
             await s.send_events(p)
             sent_t.append(int(p["t"][-1]))
             sent_at.append(time.perf_counter())
+        t_snap = time.perf_counter()
+        await s.request_snapshot()
+        while s.snapshot is None and time.perf_counter() - t_snap < 60:
+            await asyncio.sleep(0.001)
+        if s.snapshot is not None:
+            res.snapshot_ms.append((time.perf_counter() - t_snap) * 1e3)
+            res.snapshot_bytes.append(len(s.snapshot))
         await s.stop(timeout=120)
     except ServiceError as e:
         res.errors.append(f"stop: {e} (close code {e.close_code})")
@@ -276,6 +298,8 @@ async def run_streams(url: str, args: argparse.Namespace) -> dict[str, Any]:
         merged.step_ms += r.step_ms
         merged.queue_ms += r.queue_ms
         merged.errors += r.errors
+        merged.snapshot_bytes += r.snapshot_bytes
+        merged.snapshot_ms += r.snapshot_ms
         for k, v in r.warnings.items():
             merged.warnings[k] = merged.warnings.get(k, 0) + v
     return {
@@ -291,6 +315,8 @@ async def run_streams(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "e2e_client_ms": _pct(merged.e2e_client_ms),
         "queue_ms": _pct(merged.queue_ms),
         "step_ms": _pct(merged.step_ms),
+        "snapshot_ms": _pct(merged.snapshot_ms),
+        "snapshot_bytes": int(np.median(merged.snapshot_bytes)) if merged.snapshot_bytes else None,
         "warnings": merged.warnings,
         "errors": merged.errors[:5],
         "cores": os.cpu_count(),
@@ -312,6 +338,7 @@ def report(r: dict[str, Any]) -> str:
         row("e2e client", r["e2e_client_ms"]),
         row("queue", r["queue_ms"]),
         row("step", r["step_ms"]),
+        row("snapshot", r["snapshot_ms"]) + f"  ({r['snapshot_bytes']} bytes a stream)",
     ]
     if r["warnings"] or r["errors"]:
         lines.append(f"  warnings {r['warnings']}  errors {r['errors']}")
@@ -327,7 +354,9 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
         if args.url:
             result = asyncio.run(run_streams(args.url, args))
         else:
-            if args.model_dir:
+            if args.export:
+                model_dir = export_tiny(Path(tmp), args.export)
+            elif args.model_dir:
                 model_dir = Path(args.model_dir)
             elif (BUNDLED / "default" / "card.json").exists():
                 model_dir = BUNDLED

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 import tomllib
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1)  # per recording, POST /v1/classify
     max_batch_files: int = Field(16, ge=1)
     max_recording_steps: int = Field(200_000, ge=1)
+    # Session snapshots (docs/protocol.md): the HMAC key every replica shares, so that a stream can
+    # resume on any of them (a Kubernetes Secret); unset, a random key per process (resumable only
+    # on this process). Snapshots older than snapshot_max_age_s are refused.
+    snapshot_secret: SecretStr | None = None
+    snapshot_max_age_s: float = Field(3600.0, gt=0)
     max_recording_events: int = Field(10_000_000, ge=1)  # decoded events per recording
     # uploads are decoded in child processes (service/decoding.py) with these limits
     decode_timeout_s: float = Field(20.0, gt=0, le=3600)

@@ -44,6 +44,8 @@ class ModelWorker:
     scheduler: Scheduler
     sessions: dict[str, StepConsumer] = field(default_factory=dict)
     queue_gauge: Any = None  # asasnn_queue_depth{model=name}, set by Engine.add_worker
+    # what a session snapshot is bound to: {"name", "version", "fingerprint"} (service/snapshot.py)
+    identity: dict[str, str] = field(default_factory=dict)
 
     @property
     def layers(self) -> tuple[str, ...]:

@@ -53,6 +53,18 @@ EVENT_ERRORS = (
     "overloaded",
 )
 MESSAGE_ERRORS = (*EVENT_ERRORS, "bad_json", "bad_message", "unknown_type", "already_started")
+SNAPSHOT_REFUSALS = (
+    "snapshot_missing",
+    "snapshot_truncated",
+    "snapshot_malformed",
+    "snapshot_version",
+    "snapshot_tampered",
+    "snapshot_foreign_model",
+    "snapshot_model_version",
+    "snapshot_expired",
+    "snapshot_mismatch",
+)
+SNAPSHOT_OUTCOMES = ("taken", "resumed", *SNAPSHOT_REFUSALS)
 SESSION_REFUSALS = (
     "unauthorized",
     "forbidden_origin",

@@ -53,6 +53,8 @@ class StartMessage(_Strict):
     t_start_us: int | None = Field(None, ge=0, le=MAX_T_US)  # grid origin; default: the first event's time
     readout: ReadoutOptions = Field(default_factory=ReadoutOptions)
     output: OutputOptions = Field(default_factory=OutputOptions)
+    # continue from a snapshot, sent as the next (binary) message (docs/protocol.md, "Snapshots")
+    resume: bool = False
 
 
 class ResetMessage(_Strict):
@@ -72,10 +74,16 @@ class StopMessage(_Strict):
     type: Literal["stop"]
 
 
+class SnapshotMessage(_Strict):
+    """Ask for the session's snapshot (docs/protocol.md, "Snapshots")."""
+
+    type: Literal["snapshot"]
+
+
 ControlMessage = Annotated[
-    ResetMessage | FlushMessage | AdvanceMessage | StopMessage, Field(discriminator="type")
+    ResetMessage | FlushMessage | AdvanceMessage | StopMessage | SnapshotMessage, Field(discriminator="type")
 ]
-CLIENT_TYPES = ("start", "reset", "flush", "advance", "stop")
+CLIENT_TYPES = ("start", "reset", "flush", "advance", "stop", "snapshot")
 
 
 # ---- REST -------------------------------------------------------------------------------------------

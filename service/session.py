@@ -29,11 +29,13 @@ import numpy as np
 from models.events.binner import BinnerConfig, FrameBinner, TimedFrames, split_by_bins
 from models.events.types import EventError, validate_events
 from models.runtime.readout import Readout
+from service import snapshot
 from service.engine import Engine, ModelWorker
 from service.protocol import ProtocolError
 from service.results import Totals, prediction_message
 from service.scheduler import StepOutput, StepRequest
 from service.schemas import OutputOptions, ReadoutOptions
+from service.snapshot import Snapshot, SnapshotError
 from service.telemetry import Metrics
 
 CHUNK_STEPS = 8  # most timesteps binned at once between backpressure checks
@@ -77,7 +79,11 @@ class Session:
         self.metrics: Metrics = engine.metrics
         self.classes: list[str] = list(worker.runner.card.classes)
         self.stream, self.keep_steps = stream, keep_steps
-        self.outbox: asyncio.Queue[tuple[dict[str, Any], float | None]] = asyncio.Queue()
+        self.outbox: asyncio.Queue[tuple[dict[str, Any] | bytes, float | None]] = asyncio.Queue()
+        # held while a client message is handled, and while a snapshot is taken: a snapshot falls
+        # between two messages, and ``messages`` says how many it holds
+        self.lock = asyncio.Lock()
+        self.messages = 0  # state-changing client messages handled: packets, reset, flush, advance
         self.slot: int | None = None
         self.failed: ProtocolError | None = None
         self._room = asyncio.Event()
@@ -118,8 +124,9 @@ class Session:
             slot, self.slot = self.slot, None
             await self.engine.detach(self.model, self.id, slot)
 
-    def emit(self, msg: dict[str, Any], arrived_at: float | None = None) -> None:
-        """Queue a message for the client; ``arrived_at``: a prediction's latency origin."""
+    def emit(self, msg: dict[str, Any] | bytes, arrived_at: float | None = None) -> None:
+        """Queue a message for the client (a dict is sent as JSON text, bytes as a binary message);
+        ``arrived_at``: a prediction's latency origin."""
         if self.stream:
             self.outbox.put_nowait((msg, arrived_at))
 
@@ -376,6 +383,117 @@ class Session:
                 r, pred.probs, pred.label, self.classes, w.layers, neurons, self.cfg.output, dt
             )
             self.emit(msg, req.arrived_at)
+
+    # ---- snapshots (service/snapshot.py) ----------------------------------------------------------
+    async def capture(self) -> Snapshot:
+        """The session's complete state once every step queued so far has run: the model state of
+        its slot, the binner (grid, open timestep), the readout, the totals and the counters. Call it
+        between two client messages (under :attr:`lock`)."""
+        await self.drain()
+        assert self.slot is not None
+        runner = self.worker.runner
+        state = await self.engine.call(runner.read_state, self.slot)
+        binner, readout, totals = self.binner.state_dict(), self.readout.state_dict(), self.totals
+        arrays: dict[str, np.ndarray] = {
+            "binner.acc": binner.pop("acc"),
+            "readout.ring": readout["ring"],
+            "readout.sum": readout["sum"],
+            "readout.ema": readout["ema"],
+            "totals.counts": totals.counts,
+            **{f"state.{n}": a for n, a in zip(runner.state_names, state)},
+        }
+        if totals.probabilities is not None:
+            arrays["totals.probabilities"] = np.asarray(totals.probabilities, dtype=np.float64)
+        header = {
+            "model": self.worker.identity,
+            "created_s": time.time(),
+            "binning": self._binning_identity(),
+            "readout": self.cfg.readout.model_dump(),
+            "session": {
+                "next_index": self.next_index,
+                "events": self.events,
+                "first_t": self.first_t,
+                "messages": self.messages,
+            },
+            "binner": binner,
+            "readout_steps": readout["steps"],
+            "totals": {"steps": totals.steps, "sops": totals.sops, "energy_j": totals.energy_j, "label": totals.label},
+            "state_names": list(runner.state_names),
+        }
+        return Snapshot(header, arrays)
+
+    async def send_snapshot(self, key: bytes) -> None:
+        """Take the snapshot (between two client messages: the caller holds :attr:`lock`) and queue
+        it for the client: a ``snapshot`` text message, then the snapshot as one binary message."""
+        t0 = time.perf_counter()
+        data = snapshot.encode(await self.capture(), key)
+        self.emit({"type": "snapshot", "step": self.next_index, "messages": self.messages, "bytes": len(data)})
+        self.emit(data)
+        self.metrics.snapshots.labels(self.model, "taken").inc()
+        self.metrics.snapshot_seconds.labels(self.model).observe(time.perf_counter() - t0)
+
+    def snapshot_bytes(self) -> int:
+        """An upper bound of this session's snapshot size: its arrays plus the header's reserve."""
+        runner = self.worker.runner
+        floats = sum(int(np.prod(s)) for s in runner.state_shapes) * 4
+        k, layers = len(self.classes), len(self.worker.layers)
+        return (
+            snapshot.OVERHEAD_BYTES
+            + floats
+            + self.binner.state_dict()["acc"].nbytes
+            + (self.readout.horizon + 3) * k * 8
+            + layers * 8
+        )
+
+    def _binning_identity(self) -> dict[str, Any]:
+        b = self.cfg.binner
+        return {
+            "sensor": [b.sensor.width, b.sensor.height],
+            "dt_us": b.dt_us,
+            "ds": b.ds,
+            "mode": b.mode,
+            "max_gap_steps": b.max_gap_bins,
+            "t_start_us": self.cfg.t_start_us,
+        }
+
+    async def restore(self, snap: Snapshot) -> None:
+        """Continue from a verified snapshot (:func:`service.snapshot.check_binding` passed): the
+        next step is the snapshot's next step, with the state it left. :class:`SnapshotError`
+        (``snapshot_mismatch`` / ``snapshot_malformed``) if it does not fit this session."""
+        h, a = snap.header, snap.arrays
+        if h.get("binning") != self._binning_identity() or h.get("readout") != self.cfg.readout.model_dump():
+            raise SnapshotError(
+                "snapshot_mismatch",
+                f"the snapshot was taken with binning {h.get('binning')} and readout {h.get('readout')}; this "
+                f"session has {self._binning_identity()} and {self.cfg.readout.model_dump()} (start with the same options)",
+            )
+        runner = self.worker.runner
+        try:
+            if h["state_names"] != list(runner.state_names):
+                raise ValueError(f"state {h['state_names']} is not this model's {list(runner.state_names)}")
+            session, totals = h["session"], h["totals"]
+            counters = (session["next_index"], session["events"], session["messages"], totals["steps"])
+            if any(type(v) is not int or v < 0 for v in counters):
+                raise ValueError(f"session counters {counters} are not counts")
+            self.binner.load_state_dict({**h["binner"], "acc": a["binner.acc"]})
+            self.readout.load_state_dict(
+                {"steps": h["readout_steps"], "ring": a["readout.ring"], "sum": a["readout.sum"], "ema": a["readout.ema"]}
+            )
+            counts = np.asarray(a["totals.counts"], dtype=np.float64)
+            if counts.shape != self.totals.counts.shape:
+                raise ValueError(f"totals of {counts.shape} layers, this model has {self.totals.counts.shape}")
+            state = [a[f"state.{n}"] for n in runner.state_names]
+            assert self.slot is not None
+            await self.engine.call(runner.write_state, self.slot, state)
+        except (KeyError, TypeError, ValueError) as e:
+            raise SnapshotError("snapshot_malformed", f"the snapshot does not fit this model: {e}") from None
+        self.next_index, self.events, self.first_t = session["next_index"], session["events"], session["first_t"]
+        self.messages = session["messages"]
+        self.totals.steps, self.totals.counts = totals["steps"], counts
+        self.totals.sops, self.totals.energy_j = float(totals["sops"]), float(totals["energy_j"])
+        self.totals.label = totals["label"]
+        probs = a.get("totals.probabilities")
+        self.totals.probabilities = None if probs is None else probs.astype(np.float32)
 
     def summary(self) -> dict[str, Any]:
         """Totals since the start (or the last reset): the ``end`` message and the REST result."""

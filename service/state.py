@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from models.events.binner import BinnerConfig
 from models.events.types import SensorSize
-from models.runtime.bundle import ModelCard
+from models.runtime.bundle import CARD_FILE, WEIGHTS_FILE, ModelCard
+from service import snapshot
 from service.config import Settings
 from service.decoding import DecodeLimits, Decoder
 from service.engine import Engine, ModelWorker
@@ -40,6 +44,7 @@ class ServiceState:
     connections: int = 0  # WebSocket sessions (started)
     pending: int = 0  # WebSocket connections waiting for their 'start' message
     decoder: Decoder | None = None  # uploads are decoded in child processes (service/decoding.py)
+    snapshot_key: bytes = b""  # the HMAC key of session snapshots (settings.snapshot_secret)
     loader: Any = None  # models.runtime.load_runner unless a test injects another
     draining: bool = False  # SIGTERM: no new streams, open ones finish or are closed with 1012
     streams: set[Session] = field(default_factory=set)  # open WebSocket sessions
@@ -48,6 +53,8 @@ class ServiceState:
 
     def __post_init__(self) -> None:
         self._no_streams.set()
+        secret = self.settings.snapshot_secret
+        self.snapshot_key = secret.get_secret_value().encode() if secret is not None else os.urandom(32)
 
     async def start(self) -> None:
         s = self.settings
@@ -57,6 +64,11 @@ class ServiceState:
         limits = DecodeLimits(s.decode_timeout_s, s.decode_memory_mb << 20, s.max_recording_events)
         self.decoder = Decoder(limits, s.resolved_decode_workers)
         self.decoder.warm_up()
+        if s.snapshot_secret is None:
+            log.warning(
+                "no snapshot_secret set: session snapshots resume only on this process; give every replica "
+                "the same ASASNN_SNAPSHOT_SECRET for streams to survive a restart (docs/deploy.md)"
+            )
         self._load_task = asyncio.get_running_loop().create_task(self._load(), name="asasnn-load-models")
 
     async def _load(self) -> None:
@@ -72,7 +84,8 @@ class ServiceState:
             if e.runner is None:
                 continue
             r = e.runner
-            self.engine.add_worker(ModelWorker(e.name, r, Scheduler(self.settings.max_batch)))
+            identity = {"name": e.name, "version": str(r.card.version), "fingerprint": model_fingerprint(e.path)}
+            self.engine.add_worker(ModelWorker(e.name, r, Scheduler(self.settings.max_batch), identity=identity))
             self.metrics.register_model(
                 e.name,
                 str(r.card.version),
@@ -126,16 +139,22 @@ class ServiceState:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._no_streams.wait(), timeout_s)
         if self.streams:
-            log.warning("draining: closing %d stream(s) with 1012", len(self.streams))
-            for s in list(self.streams):
-                s.end(
-                    ProtocolError(
-                        "draining", "this server is shutting down; reconnect to continue", fatal=True
-                    )
-                )
+            log.warning("draining: closing %d stream(s) with 1012, each after its snapshot", len(self.streams))
+            await asyncio.gather(*(self._snapshot_then_end(s, close_wait_s) for s in list(self.streams)))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._no_streams.wait(), close_wait_s)
         log.warning("drained")
+
+    async def _snapshot_then_end(self, s: Session, within_s: float) -> None:
+        """Send the session its snapshot (so that its client resumes on another replica), then close
+        it with 1012. A session busy in a message for ``within_s`` (held by backpressure) is closed
+        without one: its client resumes from its own last snapshot and replays what followed."""
+        try:
+            async with asyncio.timeout(within_s), s.lock:
+                await s.send_snapshot(self.snapshot_key)
+        except (TimeoutError, ProtocolError):
+            log.warning("draining: session %s closed without a snapshot (busy or ending)", s.id)
+        s.end(ProtocolError("draining", "this server is shutting down; reconnect to continue", fatal=True))
 
     async def stop(self) -> None:
         if self._load_task is not None and not self._load_task.done():
@@ -229,6 +248,13 @@ def set_step_threads(n: int) -> None:
     import torch
 
     torch.set_num_threads(n)
+
+
+def model_fingerprint(bundle_dir: Path) -> str:
+    """A bundle's weights and the card's network and arithmetic, hashed: what snapshots bind to."""
+    card = json.loads((bundle_dir / CARD_FILE).read_text())
+    binding = json.dumps({k: card.get(k) for k in ("config", "arithmetic")}, sort_keys=True)
+    return snapshot.fingerprint((bundle_dir / WEIGHTS_FILE).read_bytes(), binding)
 
 
 def default_readout(card: ModelCard) -> ReadoutOptions:

@@ -22,7 +22,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from service.protocol import EVENT_ERRORS, MESSAGE_ERRORS, SESSION_REFUSALS
+from service.protocol import EVENT_ERRORS, MESSAGE_ERRORS, SESSION_REFUSALS, SNAPSHOT_OUTCOMES
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 # 0.999 first: a quantile of batches of 1 lands in (0.999, 1], not interpolated from 0 (histogram_quantile
@@ -164,6 +164,19 @@ class Metrics:
             m,
             registry=r,
         )
+        self.snapshots = Counter(
+            "asasnn_snapshots_total",
+            "Session snapshots: taken, resumed from, or refused (by the refusal's code)",
+            [*m, "outcome"],
+            registry=r,
+        )
+        self.snapshot_seconds = Histogram(
+            "asasnn_snapshot_seconds",
+            "Time to take a snapshot (the session's queued steps, the state read, the encoding)",
+            m,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.predictions = Counter(
             "asasnn_predictions_total", "Streamed predictions, by predicted label", [*m, "label"], registry=r
         )
@@ -224,6 +237,9 @@ class Metrics:
         self.events_dropped.labels(name, "late")
         for action in ("wait", "drop"):
             self.backpressure.labels(name, action)
+        for outcome in SNAPSHOT_OUTCOMES:
+            self.snapshots.labels(name, outcome)
+        self.snapshot_seconds.labels(name)
         for label in classes:
             self.predictions.labels(name, label)
             self.classifications.labels(name, label)

@@ -33,11 +33,11 @@ Timeline rules (precise, because the live service depends on them):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from models.events.types import SensorSize, validate_events
+from models.events.types import MAX_T_US, SensorSize, validate_events
 
 _CHUNK = 1 << 16  # events binned in one pass; larger packets are cut (see FrameBinner.push)
 
@@ -107,6 +107,36 @@ class FrameBinner:
         self._gap_run = 0  # empty frames emitted since the last non-empty bin
         self._acc = np.zeros(2 * h * w, dtype=np.int64)  # counts of the open bin, flat
         self._acc_n = 0  # events in the open bin
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that makes this binner's future output: the grid, the open bin's counts, the
+        gap run and the tallies (JSON scalars and one int64 array). :meth:`load_state_dict` of it
+        gives a binner that continues identically (resumable sessions)."""
+        return {
+            "t0": self.t0,
+            "last_t": self.last_t,
+            "bins_emitted": self.bins_emitted,
+            "skipped_bins": self.skipped_bins,
+            "dropped_events": self.dropped_events,
+            "k_open": self._k_open,
+            "gap_run": self._gap_run,
+            "acc_n": self._acc_n,
+            "acc": self._acc.copy(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        acc = np.asarray(state["acc"])
+        if acc.shape != self._acc.shape or acc.dtype != self._acc.dtype:
+            raise ValueError(f"open-bin counts of shape {acc.shape} {acc.dtype}, this binner has {self._acc.shape}")
+        ints = {k: state[k] for k in ("bins_emitted", "skipped_bins", "dropped_events", "k_open", "gap_run", "acc_n")}
+        for k, v in (*ints.items(), ("t0", state["t0"]), ("last_t", state["last_t"])):
+            if v is not None and (type(v) is not int or not 0 <= v <= MAX_T_US):
+                raise ValueError(f"binner state {k}={v!r} is not an integer in 0..2^62")
+        self.t0, self.last_t = state["t0"], state["last_t"]
+        self.bins_emitted, self.skipped_bins = ints["bins_emitted"], ints["skipped_bins"]
+        self.dropped_events = ints["dropped_events"]
+        self._k_open, self._gap_run, self._acc_n = ints["k_open"], ints["gap_run"], ints["acc_n"]
+        self._acc = acc.astype(np.int64, copy=True)
 
     @property
     def open_bin_start(self) -> int | None:

@@ -169,6 +169,14 @@ class OrtStepRunner(StepRunner):
             return [t[row].cpu().numpy() for t in self._tables]
         return [t[row].copy() for t in self._pages[int(self._side[row])]]
 
+    def _write(self, row: int, state: list[np.ndarray]) -> None:
+        if self._gpu_tables:
+            for t, value in zip(self._tables, state):
+                t[row].copy_(torch.from_numpy(value))
+            return
+        for t, value in zip(self._pages[int(self._side[row])], state):
+            t[row] = value
+
     def _advance(self, rows: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Host path. A slot's state lives in page ``side[slot]``. When the stepped slots are a
         contiguous range on one page (any order), ONNX Runtime reads that page and writes the other

@@ -17,7 +17,7 @@ For window-mode runners feed only rows with ``evaluated`` set, or use ``horizon=
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -67,6 +67,18 @@ class Readout:
             self._ema += self.alpha * (row - self._ema)
         self.steps += 1
         return self.prediction()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running score (step count and float64 sums), for resumable sessions."""
+        return {"steps": self.steps, "ring": self._ring.copy(), "sum": self._sum.copy(), "ema": self._ema.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ring, total, ema = (np.asarray(state[k], dtype=np.float64) for k in ("ring", "sum", "ema"))
+        if ring.shape != self._ring.shape or total.shape != self._sum.shape or ema.shape != self._ema.shape:
+            raise ValueError(f"readout state of shape {ring.shape}, this readout keeps {self._ring.shape}")
+        if type(state["steps"]) is not int or state["steps"] < 0:
+            raise ValueError(f"readout steps {state['steps']!r} is not a count")
+        self._ring, self._sum, self._ema, self.steps = ring.copy(), total.copy(), ema.copy(), state["steps"]
 
     def prediction(self) -> Prediction:
         if self.mode == "horizon":

@@ -195,6 +195,19 @@ class StepRunner:
         with self._lock:
             return self._read(self._check(slot))
 
+    def write_state(self, slot: int, state: Sequence[np.ndarray]) -> None:
+        """Set an open slot's state (as :meth:`read_state` gave it): the stream continues from there.
+        ``ValueError`` unless every array has its tensor's shape, float32 and finite values."""
+        arrays = [np.asarray(a) for a in state]
+        shapes = [tuple(s) for s in self.state_shapes]
+        if [a.shape for a in arrays] != shapes or any(a.dtype != np.float32 for a in arrays):
+            got = [(a.shape, str(a.dtype)) for a in arrays]
+            raise ValueError(f"state must be float32 arrays of shapes {shapes}, got {got}")
+        if not all(np.isfinite(a).all() for a in arrays):
+            raise ValueError("state holds non-finite values")
+        with self._lock:
+            self._write(self._check(slot), arrays)
+
     def bytes_per_stream(self) -> int:
         """Device memory one slot's state takes (float32)."""
         return 4 * sum(math.prod(s) for s in self.state_shapes)
@@ -211,6 +224,10 @@ class StepRunner:
     def _read(self, row: int) -> list[np.ndarray]:
         """Copies of the state of ``row``."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its state")
+
+    def _write(self, row: int, state: list[np.ndarray]) -> None:
+        """Set the state of ``row`` (arrays checked by :meth:`write_state`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not take a state")
 
     def _advance(self, rows: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Step ``rows`` with ``frames``; write their new state; return ``(out, counts, evaluated)``."""

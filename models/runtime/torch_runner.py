@@ -90,6 +90,10 @@ class TorchStepRunner(StepRunner):
     def _read(self, row: int) -> list[np.ndarray]:
         return [s[row].cpu().numpy().copy() for s in self._state]
 
+    def _write(self, row: int, state: list[np.ndarray]) -> None:
+        for table, value in zip(self._state, state):
+            table[row].copy_(torch.from_numpy(value))
+
     @torch.inference_mode()
     def _advance(self, rows: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = rows.shape[0]

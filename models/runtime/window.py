@@ -90,6 +90,10 @@ class WindowRunner(StepRunner):
         self._out = np.zeros((0, net.cfg.num_classes), dtype=np.float32)
         self._counts = np.zeros((0, len(net.layers)), dtype=np.float32)
         super().__init__(card, net, capacity)
+        # a slot's state: its last T frames oldest first, its frame count (reduced: only the position
+        # in the hop cycle matters), its latest output and counts
+        self.state_names = ("window.frames", "window.seen", "window.out", "window.counts")
+        self.state_shapes = (self._buf.shape[1:], (1,), self._out.shape[1:], self._counts.shape[1:])
 
     @classmethod
     def from_bundle(
@@ -132,6 +136,21 @@ class WindowRunner(StepRunner):
         self._seen[rows] = 0
         self._out[rows] = 0.0
         self._counts[rows] = 0.0
+
+    def _read(self, row: int) -> list[np.ndarray]:
+        t, seen = self.timesteps, int(self._seen[row])
+        order = (seen - t + np.arange(t)) % t if seen >= t else np.arange(t)
+        reduced = seen if seen < t else t + (seen - t) % self.hop
+        return [self._buf[row, order].copy(), np.array([reduced], np.float32), self._out[row].copy(), self._counts[row].copy()]
+
+    def _write(self, row: int, state: list[np.ndarray]) -> None:
+        frames, seen, out, counts = state
+        t, n = self.timesteps, int(seen[0])
+        if n != seen[0] or not 0 <= n < t + self.hop:
+            raise ValueError(f"window frame count {seen[0]} is not an integer in 0..{t + self.hop - 1}")
+        order = (n - t + np.arange(t)) % t if n >= t else np.arange(t)
+        self._buf[row, order] = frames
+        self._seen[row], self._out[row], self._counts[row] = n, out, counts
 
     def _advance(self, rows: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         t = self.timesteps

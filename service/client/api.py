@@ -10,7 +10,10 @@ Async::
 
 A session may outlive the server's: ``StreamSession.connect(url, reconnect=Reconnect())`` reconnects
 when the server drains or restarts (close code 1012 and the like) and carries on from the next packet
-in a new session, which starts from rest (see :class:`Reconnect`).
+in a new session, which starts from rest (see :class:`Reconnect`). With ``resume=Resume()`` as well,
+the new session continues the old one instead: the client keeps the latest snapshot of its session
+(taken every ``snapshot_every_s`` and when the server drains) and the messages it sent after it,
+and on reconnection resumes from the snapshot and replays them (see :class:`Resume`).
 
 Sync: :func:`stream_events` (a whole recording, optional pacing) and :func:`classify` /
 :func:`classify_batch` (``POST /v1/classify``).
@@ -22,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import random
+from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,10 +113,34 @@ class Reconnect:
         return d
 
 
+@dataclass(frozen=True)
+class Resume:
+    """Resumable sessions (docs/protocol.md, "Snapshots"), used with :class:`Reconnect`.
+
+    The client asks for its session's snapshot every ``snapshot_every_s`` (and the server sends one
+    when it drains) and keeps the latest, and every state-changing message it sent after it (event
+    packets, ``reset``, ``flush``, ``advance``), at most ``max_replay_messages``. On reconnection it
+    sends ``start`` with ``"resume": true`` and the snapshot, then replays those messages: the new
+    session continues exactly where the snapshot left, and the predictions it recomputes for steps
+    already received are dropped, so ``predictions`` holds every step once, in order. Without a
+    snapshot, after more than ``max_replay_messages`` messages since the last one, or when the server
+    refuses the snapshot (an ``error`` such as ``snapshot_expired``), the new session starts from
+    rest as with :class:`Reconnect` alone."""
+
+    snapshot_every_s: float = 5.0
+    max_replay_messages: int = 100_000
+
+
 async def _open_session(
-    url: str, start: Message, headers: dict[str, str] | None, open_timeout: float
+    url: str,
+    start: Message,
+    headers: dict[str, str] | None,
+    open_timeout: float,
+    snapshot: bytes | None = None,
 ) -> tuple[ClientConnection, Message]:
-    """Connect, send ``start``, wait for ``ready``; :class:`ServiceError` on refusal."""
+    """Connect, send ``start`` (and the snapshot, to resume), wait for ``ready``; :class:`ServiceError`
+    on refusal. A refused snapshot comes as a non-fatal ``error`` before ``ready``: it is put into
+    ``ready["refused"]``."""
     # No keepalive pings: a server holding this session under backpressure stops reading the socket,
     # so it cannot answer them (docs/protocol.md); its idle and stall timeouts cover dead peers.
     ws = await connect(
@@ -120,16 +148,26 @@ async def _open_session(
     )
     with contextlib.suppress(ConnectionClosed):  # a refusal (say, a bad key) may close first
         await ws.send(json.dumps(start))
-    try:
-        first = json.loads(await asyncio.wait_for(ws.recv(), open_timeout))
-    except (ConnectionClosed, TimeoutError, json.JSONDecodeError) as e:
-        code = ws.close_code
-        await ws.close()
-        raise ServiceError("closed", f"no ready message ({e})", code) from None
+        if snapshot is not None:
+            await ws.send(snapshot)
+    refused = None
+    while True:
+        try:
+            first = json.loads(await asyncio.wait_for(ws.recv(), open_timeout))
+        except (ConnectionClosed, TimeoutError, json.JSONDecodeError) as e:
+            code = ws.close_code
+            await ws.close()
+            raise ServiceError("closed", f"no ready message ({e})", code) from None
+        if first.get("type") == "error" and not first.get("fatal") and snapshot is not None:
+            refused = first  # the snapshot was refused; the session starts from rest
+            continue
+        break
     if first.get("type") != "ready":
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ws.wait_closed(), open_timeout)
         raise ServiceError(first.get("code", "unexpected"), first.get("message", str(first)), ws.close_code)
+    if refused is not None:
+        first["refused"] = refused
     return ws, first
 
 
@@ -160,6 +198,14 @@ class StreamSession:
     _reader: asyncio.Task[None] | None = None
     _connected: asyncio.Event = field(default_factory=asyncio.Event)
     _closing: bool = False  # stop() or close() called: a close is the end, never retried
+    resume: Resume | None = None
+    snapshot: bytes | None = None  # the latest snapshot of this stream (with ``resume``)
+    snapshot_messages: int = 0  # state-changing messages it holds
+    _sent: int = 0  # state-changing messages sent (event packets, reset, flush, advance)
+    _replay: deque[tuple[int, bytes | str]] = field(default_factory=deque)  # sent after the snapshot
+    _pending_snapshot: Message | None = None  # its text header, waiting for the binary message
+    _next_step: int = 0  # the next prediction step expected; a resumed session's repeats are dropped
+    _snapshotter: asyncio.Task[None] | None = None
 
     @classmethod
     async def connect(
@@ -177,9 +223,11 @@ class StreamSession:
         on_message: Callable[[Message], None] | None = None,
         open_timeout: float = 10.0,
         reconnect: Reconnect | None = None,
+        resume: Resume | None = None,
     ) -> StreamSession:
         """Connect, send ``start``, wait for ``ready`` (raises :class:`ServiceError` on refusal; the
-        first connection is not retried, whatever ``reconnect`` says)."""
+        first connection is not retried, whatever ``reconnect`` says). ``resume``: keep snapshots and
+        continue the session on reconnection (:class:`Resume`; needs ``reconnect``)."""
         headers = {"X-API-Key": api_key} if api_key else None
         start: Message = {"type": "start", "version": 1}
         for k, v in (
@@ -195,11 +243,38 @@ class StreamSession:
         if sensor is not None:
             start["sensor"] = {"width": int(sensor[0]), "height": int(sensor[1])}
         ws, ready = await _open_session(url, start, headers, open_timeout)
-        s = cls(ws, ready, on_message, reconnect=reconnect, url=url)
+        s = cls(ws, ready, on_message, reconnect=reconnect, url=url, resume=resume)
         s._start, s._headers, s._open_timeout = start, headers, open_timeout
         s._connected.set()
         s._reader = asyncio.get_running_loop().create_task(s._read())
+        if resume is not None:
+            s._snapshotter = asyncio.get_running_loop().create_task(s._snapshot_every(resume.snapshot_every_s))
         return s
+
+    async def _snapshot_every(self, seconds: float) -> None:
+        """Ask for the session's snapshot now and then (the reply is kept by the reader)."""
+        while not self._closing:
+            await asyncio.sleep(seconds)
+            await self._connected.wait()
+            with contextlib.suppress(ConnectionClosed):
+                await self.ws.send(json.dumps({"type": "snapshot"}))
+
+    def _record(self, data: bytes | str) -> None:
+        """Count a state-changing message sent, and keep it for a replay after the snapshot."""
+        self._sent += 1
+        if self.resume is not None:
+            self._replay.append((self._sent, data))
+            if len(self._replay) > self.resume.max_replay_messages:
+                self._replay.clear()  # too many to replay: the next reconnection starts from rest
+                self.snapshot = None
+
+    def _keep_snapshot(self, data: bytes) -> None:
+        header, self._pending_snapshot = self._pending_snapshot, None
+        if header is None or self.resume is None:
+            return
+        self.snapshot, self.snapshot_messages = data, int(header["messages"])
+        while self._replay and self._replay[0][0] <= self.snapshot_messages:
+            self._replay.popleft()
 
     async def __aenter__(self) -> StreamSession:  # noqa: PYI034 - final class
         return self
@@ -208,8 +283,16 @@ class StreamSession:
         await self.close()
 
     def _file(self, msg: Message) -> None:
-        self.messages.append(msg)
         kind = msg.get("type")
+        if kind == "prediction":
+            if msg["step"] < self._next_step:
+                return  # recomputed by a resumed session: the same prediction again
+            self._next_step = msg["step"] + 1
+        elif kind == "reset":
+            self._next_step = 0
+        elif kind == "snapshot":
+            self._pending_snapshot = msg
+        self.messages.append(msg)
         if kind == "prediction":
             self.predictions.append(msg)
         elif kind == "warning":
@@ -227,7 +310,10 @@ class StreamSession:
             while True:
                 try:
                     async for raw in self.ws:
-                        self._file(json.loads(raw))
+                        if isinstance(raw, bytes):
+                            self._keep_snapshot(raw)
+                        else:
+                            self._file(json.loads(raw))
                 except ConnectionClosed:
                     pass  # the end of every session; close_code says how
                 code = self.ws.close_code
@@ -255,8 +341,12 @@ class StreamSession:
             await asyncio.sleep(policy.delay(attempt, last))
             if self._closing:
                 return False
+            resume = self.resume is not None and self.snapshot is not None
+            start = {**self._start, "resume": True} if resume else self._start
             try:
-                ws, ready = await _open_session(self.url, self._start, self._headers, self._open_timeout)
+                ws, ready = await _open_session(
+                    self.url, start, self._headers, self._open_timeout, self.snapshot if resume else None
+                )
             except ServiceError as e:
                 if not policy.retries(e.close_code):
                     return False
@@ -267,10 +357,26 @@ class StreamSession:
                 continue
             self.ws, self.ready = ws, ready
             self.reconnects += 1
+            resumed = ready.get("resumed")
+            if resumed is not None:  # the new session continues the snapshot: send what followed it
+                with contextlib.suppress(ConnectionClosed):  # a failure here shows in the next read
+                    for _, data in self._replay:
+                        await ws.send(data)
+            else:  # a session from rest: nothing of the old one carries over
+                self._sent, self._next_step, self.snapshot = 0, 0, None
+                self._replay.clear()
+            if "refused" in ready:
+                self._file(ready["refused"])
             self.errors_recovered = len(self.errors)
             self._connected.set()
             self._file(
-                {"type": "reconnected", "session": ready["session"], "close_code": code, "attempts": attempt}
+                {
+                    "type": "reconnected",
+                    "session": ready["session"],
+                    "close_code": code,
+                    "attempts": attempt,
+                    "resumed": resumed,
+                }
             )
             return True
         return False
@@ -280,13 +386,17 @@ class StreamSession:
         """The server's id of the current session (a new one after each reconnection)."""
         return str(self.ready["session"])
 
-    async def _send(self, data: bytes | str) -> None:
-        """Send on the current connection; with a policy, wait out a reconnection and send there."""
+    async def _send(self, data: bytes | str, changes_state: bool = False) -> None:
+        """Send on the current connection; with a policy, wait out a reconnection and send there.
+        ``changes_state``: an event packet, ``reset``, ``flush`` or ``advance`` (counted, and kept for
+        a replay with :class:`Resume`)."""
         while True:
             await self._connected.wait()
             ws = self.ws
             try:
                 await ws.send(data)
+                if changes_state:
+                    self._record(data)
                 return
             except ConnectionClosed:
                 if self.reconnect is None or self._closing or self._reader is None or self._reader.done():
@@ -295,13 +405,18 @@ class StreamSession:
                     self._connected.clear()
 
     async def send_events(self, events: np.ndarray) -> None:
-        await self._send(encode_packet(events))
+        await self._send(encode_packet(events), changes_state=True)
 
     async def send_bytes(self, data: bytes) -> None:
-        await self._send(data)
+        await self._send(data, changes_state=True)
 
     async def send_json(self, msg: Message | str) -> None:
-        await self._send(msg if isinstance(msg, str) else json.dumps(msg))
+        text = msg if isinstance(msg, str) else json.dumps(msg)
+        try:
+            kind = json.loads(text).get("type") if isinstance(msg, str) else msg.get("type")
+        except (ValueError, AttributeError):
+            kind = None
+        await self._send(text, changes_state=kind in ("reset", "flush", "advance"))
 
     async def reset(self) -> None:
         await self.send_json({"type": "reset"})
@@ -311,6 +426,10 @@ class StreamSession:
 
     async def advance(self, t_us: int) -> None:
         await self.send_json({"type": "advance", "t_us": int(t_us)})
+
+    async def request_snapshot(self) -> None:
+        """Ask for the session's snapshot now (kept in :attr:`snapshot` when it arrives)."""
+        await self._send(json.dumps({"type": "snapshot"}))
 
     async def next_message(self, timeout: float = 10.0) -> Message | None:
         """The next server message in order (None once the connection closed)."""
@@ -329,6 +448,8 @@ class StreamSession:
         """Send ``stop`` and wait for the ``end`` summary (every prediction has arrived by then). With
         reconnections, the summary is the last session's."""
         self.end = None
+        if self._snapshotter is not None:
+            self._snapshotter.cancel()
         await self.send_json({"type": "stop"})
         self._closing = True
         if self._reader is not None:
@@ -341,6 +462,8 @@ class StreamSession:
 
     async def close(self) -> None:
         self._closing = True
+        if self._snapshotter is not None:
+            self._snapshotter.cancel()
         await self.ws.close()
         if self._reader is not None:
             with contextlib.suppress(Exception):

@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from service.client.api import Reconnect, ServiceError, StreamSession
+from service.client.api import Reconnect, Resume, ServiceError, StreamSession
 from service.client.sources import Pacer, Source, open_source
 
 
@@ -50,7 +50,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--reconnect",
         action="store_true",
         help="when the server drains or restarts (close 1012, 1001, connection lost), reconnect and go on "
-        "in a new session (which starts from rest)",
+        "in a new session (which starts from rest unless --resume)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --reconnect implied: keep the session's snapshot (every --snapshot-every seconds and at a "
+        "drain) and the packets sent after it, and continue the same session on reconnection",
+    )
+    p.add_argument(
+        "--snapshot-every", type=float, default=5.0, help="seconds between snapshots with --resume (default 5)"
     )
 
 
@@ -97,7 +106,8 @@ class Printer:
         if kind == "reconnected" and not a.json:
             print(
                 f"[reconnected] session {msg['session']} after close code {msg['close_code']} "
-                f"({msg['attempts']} attempt(s)); it starts from rest",
+                f"({msg['attempts']} attempt(s)); "
+                + (f"resumed at step {msg['resumed']['step']}" if msg.get("resumed") else "it starts from rest"),
                 file=sys.stderr,
                 flush=True,
             )
@@ -149,7 +159,9 @@ class Printer:
                 f"per-step accuracy vs. true label {self.correct / self.judged:.1%} ({self.judged} steps)"
             )
         if s.reconnects:
-            lines.append(f"reconnected {s.reconnects} time(s); totals are the last session's")
+            resumed = all(m.get("resumed") for m in s.messages if m.get("type") == "reconnected")
+            whose = "the whole stream's (resumed)" if resumed else "the last session's"
+            lines.append(f"reconnected {s.reconnects} time(s); totals are {whose}")
         if s.warnings or s.errors:
             lines.append(f"warnings {len(s.warnings)}  errors {len(s.errors)}")
         print("\n".join(lines), flush=True)
@@ -169,7 +181,8 @@ async def _stream(args: argparse.Namespace, source: Source) -> int:
             readout={"mode": args.readout} if args.readout else None,
             output={"top_k": args.top_k},
             on_message=printer,
-            reconnect=Reconnect() if args.reconnect else None,
+            reconnect=Reconnect() if args.reconnect or args.resume else None,
+            resume=Resume(snapshot_every_s=args.snapshot_every) if args.resume else None,
         )
     except (ServiceError, OSError) as e:
         print(f"asasnn stream: cannot start a session at {args.url}: {e}", file=sys.stderr)

@@ -178,3 +178,26 @@ def test_aedat4_uploads_decode_or_are_refused_in_bounded_time(decoder, data: byt
                           "unsorted", "bad_polarity", "negative_time", "time_out_of_range"}, (e.code, e.message)
     else:
         assert decoded.events.size <= 1_000_000 and decoded.steps >= 0
+
+
+# ---- session snapshots -------------------------------------------------------------------------------
+def _a_snapshot() -> bytes:
+    from service.snapshot import Snapshot, encode
+
+    arrays = {"state.conv1.h": np.linspace(-1, 1, 64, dtype=np.float32).reshape(4, 4, 4), "binner.acc": np.arange(8)}
+    return encode(Snapshot({"model": {"name": "m", "version": "1", "fingerprint": "f"}, "created_s": 0.0}, arrays), b"k")
+
+
+@FUZZ
+@given(st.one_of(mutated([_a_snapshot()]), st.binary(max_size=300)))
+def test_snapshots_decode_or_are_refused_with_a_code(data: bytes) -> None:
+    """Random and mutated snapshot bytes: always a SnapshotError with a code, never another exception;
+    a mutation the signature covers is never accepted."""
+    from service.snapshot import SnapshotError, decode
+
+    try:
+        snap = decode(data, b"k")
+    except SnapshotError as e:
+        assert e.code.startswith("snapshot_") and e.message
+    else:
+        assert data == _a_snapshot() and set(snap.arrays) == {"state.conv1.h", "binner.acc"}

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from models.events.types import EVENT_BYTES
+from service import snapshot
 from service.api.deps import key_problem, presented_key
 from service.logs import fields
 from service.protocol import (
@@ -46,10 +47,12 @@ from service.schemas import (
     AdvanceMessage,
     FlushMessage,
     ResetMessage,
+    SnapshotMessage,
     StartMessage,
     StopMessage,
 )
 from service.session import Session
+from service.snapshot import SnapshotError
 from service.state import ServiceState
 
 router = APIRouter(tags=["stream"])
@@ -155,6 +158,8 @@ async def _serve(ws: WebSocket, state: ServiceState, msg: Message) -> None:
         session = await _open(state, start)
     except ProtocolError as e:
         return await _refuse(ws, state, e.code, e.message)
+    resumed = await _resume(ws, state, session) if start.resume else None
+    _emit_ready(state, session, resumed)
     state.add_stream(session)
     client = _client(ws)
     b = session.cfg.binner
@@ -198,12 +203,39 @@ async def _open(state: ServiceState, start: StartMessage) -> Session:
     )
     session = Session(state.engine, state.worker(entry), cfg)
     await session.open()
+    return session
+
+
+async def _resume(ws: WebSocket, state: ServiceState, session: Session) -> dict[str, Any] | None:
+    """``start`` asked to resume: the next message must be a snapshot. Restore it, or say why not
+    (an ``error`` that is not fatal: the session then starts from rest)."""
+    s = state.settings
+    msg = await _receive(ws, s.start_timeout_s)
+    try:
+        if msg is None or msg.get("bytes") is None:
+            raise SnapshotError("snapshot_missing", "'resume' needs the snapshot as the next (binary) message")
+        snap = snapshot.decode(msg["bytes"], state.snapshot_key)
+        snapshot.check_binding(snap, session.worker.identity, s.snapshot_max_age_s)
+        await session.restore(snap)
+    except SnapshotError as e:
+        state.metrics.snapshots.labels(session.model, e.code).inc()
+        session.emit(ProtocolError(e.code, f"{e.message}; the session starts from rest").to_message())
+        log.info("snapshot refused", extra=fields(session=session.id, model=session.model, reason=e.code))
+        return None
+    state.metrics.snapshots.labels(session.model, "resumed").inc()
+    return {"step": session.next_index, "messages": session.messages, "events": session.events}
+
+
+def _emit_ready(state: ServiceState, session: Session, resumed: dict[str, Any] | None) -> None:
+    assert state.registry is not None
+    entry, cfg = state.registry.get(session.model), session.cfg
     b = cfg.binner
     session.emit(
         {
             "type": "ready",
             "version": PROTOCOL_VERSION,
             "session": session.id,
+            "resumed": resumed,
             "model": state.summary(entry).model_dump(),
             "binning": {
                 "sensor": {"width": b.sensor.width, "height": b.sensor.height},
@@ -222,10 +254,10 @@ async def _open(state: ServiceState, start: StartMessage) -> Session:
                 "max_queue_steps": cfg.limits.max_queue_steps,
                 "backpressure": cfg.limits.backpressure,
                 "idle_timeout_s": state.settings.idle_timeout_s,
+                "snapshot_bytes": session.snapshot_bytes(),
             },
         }
     )
-    return session
 
 
 async def _run(ws: WebSocket, state: ServiceState, session: Session) -> str:
@@ -250,18 +282,20 @@ async def _run(ws: WebSocket, state: ServiceState, session: Session) -> str:
             if msg["type"] == "websocket.disconnect":
                 return reason
             try:
-                if msg.get("bytes") is not None:
-                    data: bytes = msg["bytes"]
-                    try:
-                        events = decode_packet(data, s.max_packet_bytes)
-                    except ProtocolError as e:
-                        m.messages_rejected.labels(session.model, e.code).inc()
-                        m.events_rejected.labels(session.model, e.code).inc(len(data) // EVENT_BYTES)
-                        raise
-                    await session.feed(events, arrived)
-                elif await _control(session, msg.get("text") or "", arrived):
-                    reason = "stop"
-                    break
+                async with session.lock:  # a snapshot falls between two messages
+                    if msg.get("bytes") is not None:
+                        data: bytes = msg["bytes"]
+                        session.messages += 1
+                        try:
+                            events = decode_packet(data, s.max_packet_bytes)
+                        except ProtocolError as e:
+                            m.messages_rejected.labels(session.model, e.code).inc()
+                            m.events_rejected.labels(session.model, e.code).inc(len(data) // EVENT_BYTES)
+                            raise
+                        await session.feed(events, arrived)
+                    elif await _control(state, session, msg.get("text") or "", arrived):
+                        reason = "stop"
+                        break
             except ProtocolError as e:
                 session.emit(e.to_message())
                 if e.fatal:
@@ -292,13 +326,18 @@ async def _receive(ws: WebSocket, seconds: float) -> Message | None:
         return None
 
 
-async def _control(session: Session, text: str, arrived: float) -> bool:
+async def _control(state: ServiceState, session: Session, text: str, arrived: float) -> bool:
     """Handle one text message; True when the session is over (``stop``)."""
     try:
         ctl = parse_control(text)
     except ProtocolError as e:
         session.metrics.messages_rejected.labels(session.model, e.code).inc()
         raise
+    if isinstance(ctl, SnapshotMessage):
+        await session.send_snapshot(state.snapshot_key)
+        return False
+    if not isinstance(ctl, StopMessage):
+        session.messages += 1  # reset, flush, advance change the state; a client replays them
     if isinstance(ctl, ResetMessage):
         await session.reset()
     elif isinstance(ctl, FlushMessage):
@@ -317,6 +356,13 @@ async def _send_loop(ws: WebSocket, state: ServiceState, session: Session) -> No
     e2e = state.metrics.e2e_latency.labels(session.model)
     while True:
         msg, arrived_at = await session.outbox.get()
+        if isinstance(msg, bytes):  # a snapshot
+            try:
+                await ws.send_bytes(msg)
+            except Exception:  # noqa: BLE001 - the client went away
+                session.abort()
+                return
+            continue
         if msg["type"] == "__close__":
             with contextlib.suppress(Exception):
                 await ws.close(msg["code"])

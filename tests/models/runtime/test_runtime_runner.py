@@ -211,3 +211,32 @@ def test_cuda_compiled_torch_runner(bundles, frames_for):
     out_g, _ = _run(runner(b, "torch", "cuda", compile=True), frames)
     # a compiled step may fuse a multiply and an add (outside the exactness guarantee): nearly equal
     assert np.mean(out_c == out_g) >= 0.999
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["default", "asa-window"])
+def test_a_slot_state_moved_to_another_runner_continues_identically(name, backend):
+    """read_state / write_state (resumable sessions): a stream's state taken out of one runner and put
+    into another slot of another runner (of either backend) gives the same results from there on."""
+    from pathlib import Path
+
+    bundle = Path(__file__).resolve().parents[3] / "models" / "bundled" / name
+    kw = {"threads": 1} if backend == "onnx" else {}
+    src, dst = load_runner(bundle, backend, "cpu", **kw), load_runner(bundle, "onnx", "cpu", threads=1)
+    frames = np.random.default_rng(1).poisson(0.8, (40, *src.frame_shape)).astype(np.float32)
+    a = src.open()
+    for f in frames[:25]:
+        src.step([a], f[None])
+    state = src.read_state(a)
+    dst.open(), dst.open()
+    b = dst.open()  # another slot number
+    dst.write_state(b, state)
+    for f in frames[25:]:
+        x, y = src.step([a], f[None]), dst.step([b], f[None])
+        np.testing.assert_array_equal(x.out, y.out)
+        np.testing.assert_array_equal(x.counts, y.counts)
+        assert x.evaluated[0] == y.evaluated[0]
+    with pytest.raises(ValueError, match="float32 arrays of shapes"):
+        dst.write_state(b, [s[..., :1] for s in state])
+    with pytest.raises(ValueError, match="non-finite"):
+        dst.write_state(b, [np.full_like(s, np.nan) for s in state])
