@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextvars
 import json
 import os
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import tomllib
 import yaml
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -106,6 +106,8 @@ class Settings(BaseSettings):
             raise ValueError("environment=production needs at least one API key (ASASNN_API_KEYS)")
         if any(len(k) < 8 for k in self.api_keys):
             raise ValueError("API keys must be at least 8 characters long")
+        if self.snapshot_secret is not None and len(self.snapshot_secret.get_secret_value()) < 16:
+            raise ValueError("snapshot_secret must be at least 16 characters long (openssl rand -hex 32)")
         return self
 
     @property

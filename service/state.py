@@ -131,7 +131,7 @@ class ServiceState:
                     "type": "warning",
                     "code": "draining",
                     "message": f"this server is shutting down: the session is closed (1012) in {timeout_s:.0f} s at "
-                    "the latest; reconnect to continue (the new session starts from rest)",
+                    "the latest, after its snapshot; reconnect with it (start with resume) to continue where it stopped",
                     "timeout_s": timeout_s,
                 }
             )

@@ -6,6 +6,7 @@ python deploy/k8s/sync_rules.py --check   # exit 1 if stale (tests/deploy runs t
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -46,9 +47,18 @@ def render() -> str:
     return HEADER + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=200)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help=f"exit 1 if {OUT.name} differs from what alerts.yml gives; write nothing",
+    )
+    args = ap.parse_args(argv)  # unknown arguments and --help exit here, before anything is written
     text = render()
-    if "--check" in argv:
+    if args.check:
         if not OUT.is_file() or OUT.read_text() != text:
             print(f"{OUT} is stale: run python deploy/k8s/sync_rules.py", file=sys.stderr)
             return 1
@@ -59,4 +69,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(main())

@@ -94,7 +94,7 @@ class ModelCard(BaseModel):
     name: str = Field(min_length=1)
     version: str = "0.1.0"
     created: str = Field(
-        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     )
     mode: Mode
     timesteps: int = Field(gt=0)  # T of the window (window mode) / of training (step mode)

@@ -275,6 +275,41 @@ def stream_one(url: str, model: str | None, seconds: float, seed: int, out: list
         raise AssertionError("no 'end' message within 120 s of 'stop'")
 
 
+def refused_session(url: str, start: dict[str, Any]) -> dict[str, Any]:
+    """Open a WebSocket, send ``start`` (one the server must refuse) and return its fatal error message
+    (the server counts it in ``asasnn_sessions_rejected_total{reason=<code>}``)."""
+    from websockets.sync.client import connect
+
+    with connect(url, max_size=None, open_timeout=30) as ws:
+        ws.send(json.dumps(start))
+        msg = _recv_json(ws, 30)
+    assert msg is not None and msg.get("type") == "error" and msg.get("fatal"), msg
+    return msg
+
+
+def refused_packet(url: str, data: bytes, model: str | None = None) -> dict[str, Any]:
+    """A session that sends one binary packet the server must refuse (e.g. not a whole number of event
+    records), then stops cleanly; returns the (non-fatal) error message. The server counts it in
+    ``asasnn_messages_rejected_total`` and ``asasnn_events_rejected_total`` (len(data) // 13 events)."""
+    from websockets.sync.client import connect
+
+    with connect(url, max_size=None, open_timeout=30) as ws:
+        ws.send(json.dumps({"type": "start", **({"model": model} if model else {})}))
+        while (msg := _recv_json(ws, 30)) is not None and msg.get("type") != "ready":
+            assert msg.get("type") != "error", msg
+        assert msg is not None, "no 'ready' message within 30 s"
+        ws.send(data)
+        while (msg := _recv_json(ws, 30)) is not None and msg.get("type") != "error":
+            pass
+        assert msg is not None and not msg.get("fatal"), msg
+        error = msg
+        ws.send(json.dumps({"type": "stop"}))
+        while (msg := _recv_json(ws, 30)) is not None and msg.get("type") != "end":
+            pass
+        assert msg is not None, "no 'end' message within 30 s of 'stop'"
+    return error
+
+
 def stream_synthetic(
     url: str, seconds: float, models: tuple[str | None, ...] = (None,)
 ) -> list[dict[str, Any]]:

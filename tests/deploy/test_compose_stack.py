@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,45 @@ def test_gpu_override(gpu: dict[str, Any]) -> None:
     assert svc["environment"]["ASASNN_DEVICE"] == "cuda"
     assert svc["environment"]["ASASNN_BACKEND"] == "onnx"
     assert svc["command"] == ["asasnn", "serve", "--host", "0.0.0.0", "--port", "8000"]
-    assert set(gpu["services"]) == {"asasnn", "prometheus", "grafana"}
+    assert set(gpu["services"]) == {"asasnn", "prometheus", "grafana", "dcgm-exporter"}
+
+
+def test_gpu_stack_runs_the_dcgm_exporter(cpu: dict[str, Any], gpu: dict[str, Any]) -> None:
+    """NVIDIA's DCGM exporter, pinned, on the GPU the service uses, scraped by the stack's Prometheus
+    (started on prometheus.gpu.yml: prometheus.yml plus the exporter's job, nothing else changed)."""
+    dcgm, svc = gpu["services"]["dcgm-exporter"], gpu["services"]["asasnn"]
+    name, _, tag = dcgm["image"].partition(":")
+    assert name == "nvcr.io/nvidia/k8s/dcgm-exporter" and re.fullmatch(
+        r"\d+\.\d+\.\d+-\d+\.\d+\.\d+-[a-z0-9.]+", tag
+    )
+    (dev,) = dcgm["deploy"]["resources"]["reservations"]["devices"]
+    (served,) = svc["deploy"]["resources"]["reservations"]["devices"]
+    assert dev["driver"] == "nvidia" and "gpu" in dev["capabilities"]
+    assert dev["device_ids"] == served["device_ids"], "the exporter watches the GPU the service runs on"
+    assert "SYS_ADMIN" in dcgm.get("cap_add", [])
+    port = int(dcgm["environment"]["DCGM_EXPORTER_LISTEN"].rpartition(":")[2])
+    assert "dcgm-exporter" not in cpu["services"]
+
+    prom_cpu, prom_gpu = cpu["services"]["prometheus"], gpu["services"]["prometheus"]
+    conf_dir = Path(mounts(prom_gpu)["/etc/prometheus"])
+    (flag,) = [a for a in prom_gpu["command"] if a.startswith("--config.file=")]
+    conf_file = conf_dir / Path(flag.partition("=")[2]).relative_to("/etc/prometheus")
+    assert conf_file.name == "prometheus.gpu.yml"
+    assert [a for a in prom_gpu["command"] if a != flag] == [
+        a for a in prom_cpu["command"] if not a.startswith("--config.file=")
+    ], "only the config file differs"
+    conf = yaml.safe_load(conf_file.read_text())
+    base = yaml.safe_load((conf_dir / "prometheus.yml").read_text())
+    (job,) = [j for j in conf["scrape_configs"] if j["job_name"] == "dcgm-exporter"]
+    assert [t for sc in job["static_configs"] for t in sc["targets"]] == [f"dcgm-exporter:{port}"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    conf["scrape_configs"].remove(job)
+    assert conf == base, "prometheus.gpu.yml = prometheus.yml + the dcgm-exporter job"
+    promtool = require_tool("promtool", "prometheus")
+    r = subprocess.run(
+        [promtool, "check", "config", str(conf_file)], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_compose_config_rejects_a_broken_file(tmp_path: Path) -> None:

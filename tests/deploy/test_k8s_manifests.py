@@ -3,14 +3,17 @@
 Kubernetes' own kinds are checked by ``kubernetes-validate`` (strict: unknown fields are errors) with
 the schemas it ships; the custom resources (ServiceMonitor, PrometheusRule, ScaledObject, HTTPRoute)
 and the Kustomizations by the JSON schemas vendored in deploy/k8s/schemas. Nothing is downloaded.
-The overlays are rendered the way kustomize does for these files (strategic merge by ``name`` for
-built-in kinds, JSON merge patch for custom resources) and the rendered objects are validated too.
+The overlays are rendered by the real kustomize (``kubectl kustomize``; the tests that need a rendering
+skip where kubectl is missing) and every rendered object is validated too.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -65,71 +68,37 @@ def validate(doc: dict[str, Any], where: str) -> None:
         )
 
 
-# ---- kustomize, the parts these manifests use --------------------------------------------------------
-def strategic_merge(base: Any, patch: Any) -> Any:
-    """Maps merge recursively; lists of maps with a ``name`` merge item by item on it; other lists are
-    replaced (Kubernetes' strategic merge for the fields our patches touch)."""
-    if isinstance(base, dict) and isinstance(patch, dict):
-        out = dict(base)
-        for k, v in patch.items():
-            out[k] = strategic_merge(base[k], v) if k in base else copy.deepcopy(v)
-        return out
-    if (
-        isinstance(base, list)
-        and isinstance(patch, list)
-        and patch
-        and all(isinstance(x, dict) and "name" in x for x in base + patch)
-    ):
-        out = [copy.deepcopy(x) for x in base]
-        index = {x["name"]: i for i, x in enumerate(out)}
-        for item in patch:
-            if item["name"] in index:
-                out[index[item["name"]]] = strategic_merge(out[index[item["name"]]], item)
-            else:
-                out.append(copy.deepcopy(item))
-        return out
-    return copy.deepcopy(patch)
+# ---- rendering: the real kustomize -------------------------------------------------------------------
+KUBECTL = shutil.which("kubectl")
 
 
-def json_merge(base: Any, patch: Any) -> Any:
-    """RFC 7386 merge patch (what kustomize applies to custom resources it has no schema for)."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = dict(base) if isinstance(base, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = json_merge(out.get(k), v)
-    return out
+@functools.cache
+def _kustomize(directory: str) -> str:
+    r = subprocess.run(
+        [KUBECTL or "kubectl", "kustomize", directory],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, f"kubectl kustomize {directory} failed:\n{r.stderr}"
+    return r.stdout
 
 
 def render(directory: Path) -> list[dict[str, Any]]:
+    """The objects ``kubectl apply -k`` would send: rendered by ``kubectl kustomize`` (kustomize built into
+    kubectl), so patches, images, namespace and the ``labels`` transformer behave exactly as in a cluster."""
+    if KUBECTL is None:
+        pytest.skip("kubectl not found: the overlays are rendered with `kubectl kustomize` (kubectl >= 1.14)")
     kz = yaml.safe_load((directory / "kustomization.yaml").read_text())
     validate_kustomization(kz, directory)
-    docs: list[dict[str, Any]] = []
-    for res in kz.get("resources", []):
-        target = directory / res
-        docs += render(target) if target.is_dir() else load_docs(target)
-    for patch in kz.get("patches", []):
-        for p in load_docs(directory / patch["path"]):
-            matches = [
-                d for d in docs if d["kind"] == p["kind"] and d["metadata"]["name"] == p["metadata"]["name"]
-            ]
-            assert len(matches) == 1, f"patch {patch['path']} matches {len(matches)} resources"
-            merge = strategic_merge if p["apiVersion"] in BUILTIN_GROUPS else json_merge
-            docs[docs.index(matches[0])] = merge(matches[0], p)
-    for img in kz.get("images", []):
-        for d in docs:
-            for c in pod_spec(d).get("containers", []) if d["kind"] == "Deployment" else []:
-                name = c["image"].split(":")[0]
-                if name == img["name"]:
-                    c["image"] = f"{img.get('newName', name)}:{img['newTag']}"
-    if "namespace" in kz:
-        for d in docs:
-            if d["kind"] != "Namespace":
-                d.setdefault("metadata", {})["namespace"] = kz["namespace"]
-    return docs
+    return [d for d in yaml.safe_load_all(_kustomize(str(directory))) if d]  # fresh objects every call
+
+
+def patch_files(directory: Path) -> set[Path]:
+    """The files a kustomization applies as patches (partial objects, validated only once rendered)."""
+    kz = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    return {(directory / p["path"]).resolve() for p in kz.get("patches", []) if "path" in p}
 
 
 def validate_kustomization(kz: dict[str, Any], directory: Path) -> None:
@@ -144,9 +113,9 @@ def pod_spec(d: dict[str, Any]) -> dict[str, Any]:
     return d["spec"]["template"]["spec"]
 
 
-def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = [d for d in docs if d["kind"] == kind]
-    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+def one(docs: list[dict[str, Any]], kind: str, name: str = "asasnn") -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
     return found[0]
 
 
@@ -167,13 +136,20 @@ def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]
 # ---- tests --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", manifest_files(), ids=lambda p: str(p.relative_to(K8S)))
 def test_every_manifest_file_validates(path: Path) -> None:
+    patches = patch_files(path.parent) if (path.parent / "kustomization.yaml").is_file() else set()
     for doc in load_docs(path):
         if doc.get("kind") == "Kustomization":
             validate_kustomization(doc, path.parent)
-        elif path.parent.name == "gpu":
-            continue  # partial patches: validated after rendering (test_rendered_overlay_validates)
+        elif path.resolve() in patches:
+            continue  # partial objects: validated after rendering (test_rendered_overlay_validates)
         else:
             validate(doc, str(path.relative_to(REPO)))
+
+
+def test_patches_are_the_only_partial_files() -> None:
+    """Only the GPU overlay's two patches skip the per-file validation (the exporter is a whole object)."""
+    assert {p.name for p in patch_files(K8S / "gpu")} == {"deployment-gpu.yaml", "scaledobject-gpu.yaml"}
+    assert patch_files(K8S / "base") == set()
 
 
 def test_the_validator_rejects_a_broken_manifest() -> None:
@@ -188,25 +164,43 @@ def test_the_validator_rejects_a_broken_manifest() -> None:
         validate(so, "broken")
 
 
+BASE_OBJECTS = [
+    ("Namespace", "asasnn"),
+    ("Deployment", "asasnn"),
+    ("Service", "asasnn"),
+    ("Ingress", "asasnn"),
+    ("PodDisruptionBudget", "asasnn"),
+    ("ServiceMonitor", "asasnn"),
+    ("PrometheusRule", "asasnn"),
+    ("ScaledObject", "asasnn"),
+]
+DCGM_OBJECTS = [
+    ("DaemonSet", "dcgm-exporter"),
+    ("Service", "dcgm-exporter"),
+    ("ServiceMonitor", "dcgm-exporter"),
+]
+
+
 def test_rendered_overlay_validates(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     name, docs = rendered
-    kinds = sorted(d["kind"] for d in docs)
-    assert kinds == sorted(
-        [
-            "Namespace",
-            "Deployment",
-            "Service",
-            "Ingress",
-            "PodDisruptionBudget",
-            "ServiceMonitor",
-            "PrometheusRule",
-            "ScaledObject",
-        ]
-    ), kinds
+    objects = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
+    assert objects == sorted(BASE_OBJECTS + (DCGM_OBJECTS if name == "gpu" else [])), objects
     for d in docs:
         validate(d, f"rendered {name}")
         if d["kind"] != "Namespace":
             assert d["metadata"]["namespace"] == "asasnn"
+
+
+def test_labels_transformer(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    """kustomize's ``labels`` (includeSelectors: false) marks every object, and never a selector (the
+    selectors of a live Deployment are immutable)."""
+    _, docs = rendered
+    for d in docs:
+        assert d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "asasnn-stream", d["metadata"]
+    for d in docs:
+        selector = d["spec"].get("selector", {}) if d["kind"] != "Namespace" else {}
+        labels = selector.get("matchLabels", selector) if isinstance(selector, dict) else {}
+        assert "app.kubernetes.io/part-of" not in labels, f"{d['kind']}/{d['metadata']['name']}: {selector}"
 
 
 def test_probes_and_ports_point_at_the_service(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -273,8 +267,12 @@ def test_drain_budget_and_security(rendered: tuple[str, list[dict[str, Any]]]) -
     c = container(docs)
     pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
-    assert spec["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + 60, (
-        "room to drain after the preStop delay"
+    # preStop, then the drain (drain_timeout_s for streams to end, 5 s to send snapshots and close),
+    # then uvicorn's graceful shutdown (drain_timeout_s again), all before the kubelet's SIGKILL
+    drain_s = float(env_of(c)["ASASNN_DRAIN_TIMEOUT_S"])
+    budget = int(pre_stop[1]) + drain_s + 5 + drain_s
+    assert spec["terminationGracePeriodSeconds"] >= budget + 15, (
+        f"grace period {spec['terminationGracePeriodSeconds']} s leaves no margin over {budget} s of drain"
     )
     strategy = one(docs, "Deployment")["spec"]["strategy"]["rollingUpdate"]
     assert strategy["maxUnavailable"] == 0
@@ -282,6 +280,15 @@ def test_drain_budget_and_security(rendered: tuple[str, list[dict[str, Any]]]) -
     assert spec["securityContext"]["runAsUser"] == DOCKERFILE_UID
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), "read-only root needs a writable /tmp"
+
+
+def test_replicas_share_the_snapshot_secret(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    """Every replica reads the snapshot HMAC key from one Secret, so that a stream drained by one replica
+    resumes on another (a per-process key would refuse it as tampered)."""
+    env = env_of(container(rendered[1]))
+    ref = env["ASASNN_SNAPSHOT_SECRET"]["secretKeyRef"]
+    assert ref == {"name": "asasnn-snapshot", "key": "secret"}, ref
+    assert "asasnn-snapshot" in (REPO / "docs" / "deploy.md").read_text(), "docs say how to create it"
 
 
 def test_ingress_is_websocket_ready(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -308,20 +315,47 @@ def test_gateway_route_alternative() -> None:
     }
 
 
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
 def test_servicemonitor_scrapes_the_service(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     _, docs = rendered
     sm, svc = one(docs, "ServiceMonitor"), one(docs, "Service")
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    scraped = [
+        d
+        for d in docs
+        if d["kind"] == "Service" and selects(sm["spec"]["selector"]["matchLabels"], d["metadata"]["labels"])
+    ]
+    assert scraped == [svc], "the service's ServiceMonitor selects its Service only"
     (ep,) = sm["spec"]["endpoints"]
     assert ep["port"] in {p["name"] for p in svc["spec"]["ports"]} and ep["path"] == "/metrics"
     # job label = the Service's value of jobLabel, which the alert rules and the dashboard expect
     assert svc["metadata"]["labels"][sm["spec"]["jobLabel"]] == "asasnn"
 
 
+def test_keda_owns_the_replica_count(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    """A Deployment that a ScaledObject scales sets no ``replicas``: every ``kubectl apply`` would reset
+    the count KEDA chose (and scale a busy fleet down to it)."""
+    _, docs = rendered
+    scaled = {so["spec"]["scaleTargetRef"]["name"] for so in docs if so["kind"] == "ScaledObject"}
+    assert scaled, "no ScaledObject"
+    for name in scaled:
+        dep = one(docs, "Deployment", name)
+        assert "replicas" not in dep["spec"], f"Deployment/{name} sets replicas although KEDA scales it"
+    # and the source files, patches included, do not bring it back
+    for path in manifest_files():
+        for doc in load_docs(path):
+            if doc.get("kind") == "Deployment" and doc["metadata"]["name"] in scaled:
+                assert "replicas" not in doc.get("spec", {}), f"{path.relative_to(REPO)} sets replicas"
+
+
 def test_autoscaling_targets_the_deployment(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     _, docs = rendered
     so, dep = one(docs, "ScaledObject"), one(docs, "Deployment")
     assert so["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+    assert so["spec"]["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
     assert 1 <= so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"]
     queries = {t["metadata"]["query"] for t in so["spec"]["triggers"] if t["type"] == "prometheus"}
     assert any("asasnn_active_sessions" in q for q in queries) and any(
@@ -351,6 +385,95 @@ def test_gpu_variant_requests_the_gpu() -> None:
     base_c = container(render(K8S / "base"))
     assert "nvidia.com/gpu" not in base_c["resources"].get("limits", {})
     assert base_c["image"].endswith(":cpu")
+
+
+DCGM_IMAGE = "nvcr.io/nvidia/k8s/dcgm-exporter"
+
+
+def dcgm_tag(image: str) -> str:
+    """The tag of a DCGM exporter image, which must be pinned: ``<DCGM x.y.z>-<exporter x.y.z>-<flavour>``."""
+    name, _, tag = image.partition(":")
+    assert name == DCGM_IMAGE, image
+    assert re.fullmatch(r"\d+\.\d+\.\d+-\d+\.\d+\.\d+-[a-z0-9.]+", tag), f"{image}: pin a full version tag"
+    return tag
+
+
+def test_gpu_overlay_runs_the_dcgm_exporter() -> None:
+    """NVIDIA's DCGM exporter on the GPU nodes, scraped by the Prometheus that scrapes the service."""
+    docs = render(K8S / "gpu")
+    ds, svc = one(docs, "DaemonSet", "dcgm-exporter"), one(docs, "Service", "dcgm-exporter")
+    sm = one(docs, "ServiceMonitor", "dcgm-exporter")
+    spec = pod_spec(ds)
+    (c,) = spec["containers"]
+    dcgm_tag(c["image"])
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"metrics": 9400}
+    env = env_of(c)
+    assert env["DCGM_EXPORTER_LISTEN"] == ":9400" and env["DCGM_EXPORTER_KUBERNETES"] == "true"
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/health", "port": "metrics"}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    vols = {v["name"]: v for v in spec["volumes"]}
+    assert (
+        vols[mounts["/var/lib/kubelet/pod-resources"]]["hostPath"]["path"] == "/var/lib/kubelet/pod-resources"
+    )
+    # on the nodes the GPU replicas run on, through their taint
+    gpu_pods = pod_spec(one(docs, "Deployment"))
+    assert spec["nodeSelector"] == gpu_pods["nodeSelector"]
+    assert all(t in spec["tolerations"] for t in gpu_pods["tolerations"])
+    # Service -> pods, ServiceMonitor -> Service, job label "dcgm-exporter", the same Prometheus
+    pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert selects(ds["spec"]["selector"]["matchLabels"], pod_labels)
+    assert selects(svc["spec"]["selector"], pod_labels)
+    assert {p["targetPort"] for p in svc["spec"]["ports"]} <= set(ports)
+    assert not selects(one(docs, "Service")["spec"]["selector"], pod_labels), (
+        "asasnn's Service must not select it"
+    )
+    assert selects(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"])
+    assert svc["metadata"]["labels"][sm["spec"]["jobLabel"]] == "dcgm-exporter"
+    (ep,) = sm["spec"]["endpoints"]
+    assert ep["port"] in {p["name"] for p in svc["spec"]["ports"]} and ep["path"] == "/metrics"
+    assert sm["metadata"]["labels"]["release"] == one(docs, "ServiceMonitor")["metadata"]["labels"]["release"]
+    assert not [d for d in render(K8S / "base") if d["kind"] == "DaemonSet"], (
+        "the CPU base has no GPU exporter"
+    )
+
+
+def test_dcgm_exporter_is_pinned_alike_in_compose_and_k8s() -> None:
+    (ds,) = [d for d in load_docs(K8S / "gpu" / "dcgm-exporter.yaml") if d["kind"] == "DaemonSet"]
+    compose = yaml.safe_load((REPO / "docker-compose.gpu.yml").read_text())
+    k8s_image = pod_spec(ds)["containers"][0]["image"]
+    assert compose["services"]["dcgm-exporter"]["image"] == k8s_image
+    dcgm_tag(k8s_image)
+
+
+def test_sync_rules_help_writes_nothing(tmp_path: Path) -> None:
+    """``--help`` prints usage and exits 0 without touching the rules file; an unknown option is an error."""
+    out = K8S / "base" / "prometheusrule.yaml"
+    before = (out.stat().st_mtime_ns, out.read_bytes())
+    for args, rc in ((["--help"], 0), (["-h"], 0), (["--chek"], 2)):
+        r = subprocess.run(
+            [sys.executable, str(K8S / "sync_rules.py"), *args], check=False, capture_output=True, text=True
+        )
+        assert r.returncode == rc, (args, r.stdout, r.stderr)
+        assert "usage:" in r.stdout + r.stderr and "wrote" not in r.stdout
+    assert (out.stat().st_mtime_ns, out.read_bytes()) == before, "sync_rules.py wrote the rules file"
+
+
+def test_sync_rules_check_and_rewrite(tmp_path: Path) -> None:
+    """On a copy of the tree: ``--check`` fails on a stale file without writing it; a plain run rewrites it."""
+    (tmp_path / "k8s" / "base").mkdir(parents=True)
+    (tmp_path / "prometheus").mkdir()
+    shutil.copy(K8S / "sync_rules.py", tmp_path / "k8s")
+    shutil.copy(DEPLOY / "prometheus" / "alerts.yml", tmp_path / "prometheus")
+    out = tmp_path / "k8s" / "base" / "prometheusrule.yaml"
+    out.write_text("stale\n")
+    script = [sys.executable, str(tmp_path / "k8s" / "sync_rules.py")]
+    r = subprocess.run([*script, "--check"], check=False, capture_output=True, text=True)
+    assert r.returncode == 1 and "stale" in r.stderr and out.read_text() == "stale\n"
+    assert subprocess.run(script, check=False, capture_output=True).returncode == 0
+    assert out.read_text() == (K8S / "base" / "prometheusrule.yaml").read_text()
+    assert subprocess.run([*script, "--check"], check=False).returncode == 0
 
 
 def test_prometheusrule_matches_alerts_yml() -> None:

@@ -171,6 +171,8 @@ def test_queries_were_found() -> None:
         "asasnn_network_spike_rate",
         "asasnn_synaptic_ops_total",
         "asasnn_energy_proxy_joules_total",
+        "asasnn_energy_first_layer_joules_total",
+        "asasnn_energy_synaptic_joules_total",
         "asasnn_predictions_total",
     ):
         assert required in used, f"the dashboard shows nothing of {required}"
@@ -204,6 +206,31 @@ def test_names_are_documented() -> None:
     } - PROMETHEUS_SERIES
     undocumented = sorted(n for n in used if n not in text and n.removesuffix("_total") not in text)
     assert not undocumented, f"docs/metrics.md does not mention {undocumented}"
+
+
+def test_every_exported_family_is_documented() -> None:
+    """docs/metrics.md names every family GET /metrics exports, the process / platform / GC collectors'
+    included, says that known label values start at 0, and explains the energy proxy's two parts."""
+    from service.protocol import SESSION_REFUSALS
+    from service.telemetry import BATCH_BUCKETS, Metrics
+
+    text = (REPO / "docs" / "metrics.md").read_text()
+    types, _ = parse_exposition(Metrics().render().decode())
+    assert {"process_cpu_seconds_total", "python_info", "python_gc_collections_total"} <= set(types)
+    missing_families = sorted(
+        f
+        for f in types
+        if f"`{f}`" not in text
+        and f"`{f.removesuffix('_total')}_total`" not in text
+        and not f.endswith("_created")  # prometheus-client's creation timestamp of a counter's child
+    )
+    assert not missing_families, f"docs/metrics.md does not document {missing_families}"
+    for reason in SESSION_REFUSALS:
+        assert f"`{reason}`" in text, f"session refusal reason {reason!r} undocumented"
+    assert "at 0" in text and "increase()" in text, "the initialisation at 0 and why it matters"
+    assert "asasnn_energy_first_layer_joules_total" in text and "asasnn_energy_synaptic_joules_total" in text
+    buckets = ", ".join(f"{b:g}" for b in BATCH_BUCKETS[:4])
+    assert buckets in text, f"batch-size buckets ({buckets}, ...) as exported"
 
 
 def test_dashboard_is_generated() -> None:
@@ -255,3 +282,61 @@ def test_dashboard_structure() -> None:
         assert topic.lower() in titles.lower(), f"no panel about {topic}"
     units = {p["title"]: p["fieldConfig"]["defaults"]["unit"] for p in panels if p["type"] != "row"}
     assert units["Energy proxy (W)"] == "watt" and units["Step latency (one batched model call)"] == "s"
+
+
+def panel_by_title(title: str) -> dict[str, Any]:
+    (p,) = [p for p in dashboard_panels(json.loads(DASHBOARD.read_text())["panels"]) if p["title"] == title]
+    return p
+
+
+def test_stat_panels_have_thresholds() -> None:
+    """Explicit absolute thresholds on every stat panel (Grafana's default paints anything over 80 red:
+    80 events/s, 80 streams), starting from -inf, increasing."""
+    panels = [p for p in dashboard_panels(json.loads(DASHBOARD.read_text())["panels"]) if p["type"] == "stat"]
+    assert len(panels) >= 8
+    for p in panels:
+        th = p["fieldConfig"]["defaults"].get("thresholds")
+        assert th and th["mode"] == "absolute", f"{p['title']}: no thresholds"
+        steps = th["steps"]
+        assert steps[0]["value"] is None and all(s["color"] for s in steps), p["title"]
+        values = [s["value"] for s in steps[1:]]
+        assert values == sorted(values) and len(set(values)) == len(values), p["title"]
+        assert not any(s["value"] == 80 and s["color"] == "red" for s in steps), (
+            f"{p['title']}: Grafana's default"
+        )
+    latency = panel_by_title("p99 step latency")["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert latency[-1]["color"] == "red" and latency[-1]["value"] == 0.015
+
+
+def test_ab_variables_default_to_two_models() -> None:
+    """The A/B row opens on two different models (bundled ones, which the model directories of the tests
+    serve), and B's choices leave out A's model, so the row never compares a model with itself."""
+    dash = json.loads(DASHBOARD.read_text())
+    v = {x["name"]: x for x in dash["templating"]["list"]}
+    a, b = v["model_a"], v["model_b"]
+    assert not a["multi"] and not b["multi"] and not a["includeAll"] and not b["includeAll"]
+    defaults = a["current"]["value"], b["current"]["value"]
+    assert defaults[0] != defaults[1]
+    bundled = REPO / "models" / "bundled"
+    if bundled.is_dir():
+        assert all((bundled / m / "card.json").is_file() for m in defaults), f"{defaults} are not bundled"
+    q = b["query"]["query"]
+    assert "$model_a" in q and 'model!="$model_a"' in q, q
+    assert "$model_b" not in a["query"]["query"]
+
+
+def test_panel_descriptions() -> None:
+    batch = panel_by_title("Batch size (streams per model call)")
+    d = batch["description"]
+    assert "at most" in d and "power" in d and "asasnn_batch_size_sum" in d and "asasnn_batch_size_count" in d
+    watts = panel_by_title("Energy proxy (W)")
+    d = watts["description"].lower()
+    assert "fixed cost" in d and "first layer" in d and "80 %" in d
+    series = [metric_names(t["expr"]) for t in watts["targets"]]
+    assert series == [
+        {"asasnn_energy_proxy_joules_total"},
+        {"asasnn_energy_first_layer_joules_total"},
+        {"asasnn_energy_synaptic_joules_total"},
+    ]
+    legends = [t["legendFormat"] for t in watts["targets"]]
+    assert legends == ["total {{model}}", "first layer {{model}}", "synaptic {{model}}"]

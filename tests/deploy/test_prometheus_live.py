@@ -1,15 +1,18 @@
 """The monitoring stack with real parts: Prometheus (Debian's package) runs the project's own
 deploy/prometheus config, rewritten only for loopback addresses, a temporary data directory and a
-1 s scrape interval, against a real `asasnn serve`; synthetic events are streamed into it and the
-Prometheus HTTP API must then show the service up, its counters risen, live spike rates and a
-non-zero energy rate. The alert rules load (promtool, and the live rule manager) and pass their unit
-tests, and every query of the Grafana dashboard evaluates on the live data.
+1 s scrape interval, against a real `asasnn serve`; synthetic events are streamed into it, one session
+is refused (unknown model) and one packet too (misaligned), and the Prometheus HTTP API must then show
+the service up, its counters risen, live spike rates and a non-zero energy rate, the refusals as a
+first increase from 0 (and the alert on them firing). The alert rules load (promtool, and the live rule
+manager) and pass their unit tests, which cover every alert, and every query of the Grafana dashboard
+returns data on the live data (every series the service exports starts at 0, so none may be empty).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import subprocess
 import time
@@ -22,12 +25,16 @@ from deploy_support import (
     Prometheus,
     free_port,
     log_tail,
+    refused_packet,
+    refused_session,
     require_tool,
     running,
     stream_synthetic,
     wait_http,
 )
-from promql_names import metric_names, parse_exposition
+from promql_names import grafana_query_metrics, metric_names
+
+from models.events.types import EVENT_BYTES
 
 PROM_DIR = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "asasnn.json"
@@ -106,9 +113,43 @@ def test_promtool_checks_the_rules() -> None:
     assert re.search(r"SUCCESS: (\d+) rules found", r.stdout)
 
 
+def test_every_alert_is_unit_tested() -> None:
+    """alerts_test.yml expects every alert of alerts.yml to fire in some test and to stay quiet in some
+    (other) case; an increase()-based alert is tested on the first event: a series of its counter that
+    starts at 0 (as the service exports it) and then rises."""
+    alerts = {
+        r["alert"]: r["expr"]
+        for g in yaml.safe_load((PROM_DIR / "alerts.yml").read_text())["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
+    tests = yaml.safe_load((PROM_DIR / "alerts_test.yml").read_text())["tests"]
+    fired, quiet = set(), set()
+    for t in tests:
+        for case in t.get("alert_rule_test", []):
+            (fired if case.get("exp_alerts") else quiet).add(case["alertname"])
+    assert len(alerts) >= 10
+    assert set(alerts) <= fired, f"never expected to fire: {sorted(set(alerts) - fired)}"
+    assert set(alerts) <= quiet, f"never expected to stay quiet: {sorted(set(alerts) - quiet)}"
+    increase_based = {name for name, expr in alerts.items() if "increase(" in expr}
+    assert increase_based, "no increase()-based alert"
+    for name in increase_based:
+        counters = metric_names(alerts[name])
+        first_event = [
+            series
+            for t in tests
+            if any(c["alertname"] == name and c.get("exp_alerts") for c in t.get("alert_rule_test", []))
+            for series in t["input_series"]
+            if series["series"].split("{")[0] in counters
+            and re.match(r"0(x\d+)?\s+[1-9]", series["values"].strip())
+        ]
+        assert first_event, f"{name}: no test with a counter at 0 that then gets its first increment"
+
+
 def test_alert_rule_unit_tests() -> None:
-    """deploy/prometheus/alerts_test.yml: the alerts fire when they should (service down after 1 min,
-    p99 over the timestep, dropped events, spike-rate drift) and stay quiet otherwise."""
+    """deploy/prometheus/alerts_test.yml: every alert fires when it should (service down after 1 min,
+    no target, the first refused session, p99 over the timestep, a standing queue, rejected and dropped
+    events, backpressure, spike-rate drift, a silent network) and stays quiet otherwise."""
     r = subprocess.run(
         [promtool(), "test", "rules", "alerts_test.yml"],
         cwd=PROM_DIR,
@@ -133,14 +174,28 @@ COUNTERS = (
 )
 
 
+# The refusals the `streamed` fixture provokes, as the series that count them.
+REFUSED_SESSION = 'asasnn_sessions_rejected_total{job="asasnn", reason="unknown_model"}'
+REFUSED_PACKET = 'asasnn_messages_rejected_total{job="asasnn", model="default", reason="misaligned_packet"}'
+REFUSED_EVENTS = 'asasnn_events_rejected_total{job="asasnn", model="default", reason="misaligned_packet"}'
+REFUSALS = (REFUSED_SESSION, REFUSED_PACKET, REFUSED_EVENTS)
+
+
 @pytest.fixture(scope="module")
 def streamed(prometheus: Prometheus, live_service) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Counter totals as Prometheus saw them before, and the summaries of 3 s of synthetic events
-    streamed into both served models at once while Prometheus scrapes every second."""
+    streamed into both served models at once while Prometheus scrapes every second; then one session
+    refused (unknown model) and one packet refused (14 bytes: one event record and a stray byte)."""
     up = prometheus.wait_for('up{job="asasnn"}', lambda v: v == 1, timeout=20)
     assert up == 1, f"the service is not up in Prometheus\n{log_tail(prometheus.log)}"
     before = {m: sum_or_zero(prometheus, m) for m in COUNTERS}
+    # the refusal series exist, at 0, before the first refusal (so increase() will see it)
+    before.update({q: prometheus.value(q) for q in REFUSALS})  # type: ignore[misc]
     summaries = stream_synthetic(live_service.ws_url, seconds=3.0, models=("default", "vanilla"))
+    error = refused_session(live_service.ws_url, {"type": "start", "model": "no-such-model"})
+    assert error["code"] == "unknown_model", error
+    error = refused_packet(live_service.ws_url, b"\0" * (EVENT_BYTES + 1), model="default")
+    assert error["code"] == "misaligned_packet", error
     return before, summaries
 
 
@@ -174,6 +229,31 @@ def test_live_metrics_reach_prometheus(prometheus: Prometheus, streamed) -> None
     assert prometheus.query("sum by (model) (asasnn_predictions_total)")
 
 
+def test_first_refusals_reach_prometheus(prometheus: Prometheus, streamed) -> None:
+    """The refusal counters were scraped at 0 before the first refusal, rose to 1 after it, increase()
+    sees it, and the alert on refused sessions fires on this first one."""
+    before, _ = streamed
+    for q in REFUSALS:
+        assert before[q] == 0, f"{q} was {before[q]} before the first refusal (must exist at 0)"
+        now = prometheus.wait_for(q, lambda v: v >= 1, timeout=15)
+        assert now == 1, f"{q}: {now}"
+        grew = prometheus.value(f"increase({q}[5m])")
+        assert grew is not None and grew > 0, f"increase({q}[5m]) = {grew}"
+    deadline, firing = time.monotonic() + 30, []
+    while time.monotonic() < deadline and not firing:
+        firing = [
+            a
+            for a in prometheus.api("alerts")["alerts"]
+            if a["labels"]["alertname"] == "AsasnnSessionsRejected"
+            and a["labels"].get("reason") == "unknown_model"
+            and a["state"] == "firing"
+        ]
+        time.sleep(0.5)
+    assert firing, (
+        f"AsasnnSessionsRejected did not fire on the first refused session: {prometheus.api('alerts')}"
+    )
+
+
 def test_rules_load_and_stay_quiet(prometheus: Prometheus) -> None:
     """The live rule manager loaded every group of alerts.yml and evaluates it without error; with a
     healthy service no availability alert is pending or firing."""
@@ -198,30 +278,64 @@ def test_rules_load_and_stay_quiet(prometheus: Prometheus) -> None:
     assert not active & {"AsasnnServiceDown", "AsasnnNoTarget"}, active
 
 
-def grafana_to_promql(expr: str, model_a: str, model_b: str) -> str:
-    """Substitute the dashboard's template variables the way Grafana would with 'All' selected."""
-    subs = {"model": ".*", "instance": ".*", "model_a": model_a, "model_b": model_b, "__rate_interval": "30s"}
+def grafana_to_promql(expr: str, model_a: str, model_b: str, rate_interval: str = "2m") -> str:
+    """Substitute the dashboard's template variables the way Grafana would with 'All' selected (the
+    rate interval covers everything this Prometheus has scraped, so the stream is in every window)."""
+    subs = {
+        "model": ".*",
+        "instance": ".*",
+        "model_a": model_a,
+        "model_b": model_b,
+        "__rate_interval": rate_interval,
+    }
     return re.sub(r"\$\{?(\w+)\}?", lambda m: subs[m.group(1)], expr)
 
 
-def test_every_dashboard_query_evaluates(prometheus: Prometheus, live_service, streamed) -> None:
-    """Each panel query is valid PromQL on the live Prometheus, and returns data whenever all the
-    series it selects exist in the service's exposition (a panel on never-incremented error counters
-    may legitimately be empty)."""
-    prometheus.wait_for("sum(asasnn_batch_size_count)", lambda v: v > 0, timeout=15)
-    _, present = parse_exposition(live_service.metrics_text())
+def dashboard_defaults() -> tuple[dict[str, Any], str, str]:
+    """The dashboard and the defaults of its A/B variables."""
     dash = json.loads(DASHBOARD.read_text())
+    v = {x["name"]: x for x in dash["templating"]["list"]}
+    return dash, v["model_a"]["current"]["value"], v["model_b"]["current"]["value"]
+
+
+def test_ab_variables_resolve_to_two_served_models(prometheus: Prometheus, streamed) -> None:
+    """Model A's and model B's queries, run the way Grafana runs ``label_values``, offer their defaults;
+    B's choices leave out A's model."""
+    dash, model_a, model_b = dashboard_defaults()
+    assert model_a != model_b
+    choices = {}
+    for var in dash["templating"]["list"]:
+        if var["name"] not in ("model_a", "model_b"):
+            continue
+        q = grafana_to_promql(var["query"]["query"], model_a, model_b)
+        m = re.fullmatch(r"label_values\((.*),\s*(\w+)\s*\)", q)
+        assert m and grafana_query_metrics(var["query"]["query"]), q
+        choices[var["name"]] = set(prometheus.api(f"label/{m.group(2)}/values", **{"match[]": m.group(1)}))
+    assert model_a in choices["model_a"] and model_b in choices["model_b"], choices
+    assert model_a not in choices["model_b"], choices
+
+
+def test_every_dashboard_query_returns_data(prometheus: Prometheus, streamed) -> None:
+    """After the stream and the refusals, every panel query is valid PromQL on the live Prometheus and
+    returns data: at least one series with a finite value. Every series the service exports exists
+    from the start at 0, so no panel may be empty (the A/B row is queried with its default models)."""
+    for q in ("sum(asasnn_batch_size_count)", *REFUSALS):  # the last scrape after the stream is in
+        prometheus.wait_for(q, lambda v: v > 0, timeout=15)
+    dash, model_a, model_b = dashboard_defaults()
     failures, checked = [], 0
     for p in dash["panels"]:
         for t in p.get("targets", []):
-            q = grafana_to_promql(t["expr"], "default", "vanilla")
+            q = grafana_to_promql(t["expr"], model_a, model_b)
             try:
                 result = prometheus.query(q)
             except AssertionError as e:
                 failures.append(f"{p['title']}: {q}: {e}")
                 continue
             checked += 1
-            if all(n in present for n in metric_names(t["expr"])) and not result:
-                failures.append(f"{p['title']}: {q}: no data although every series exists")
+            values = [float(r["value"][1]) for r in result]
+            if not values:
+                failures.append(f"{p['title']} ({t['refId']}): {q}: no data")
+            elif not any(math.isfinite(v) for v in values):
+                failures.append(f"{p['title']} ({t['refId']}): {q}: only {values}")
     assert checked >= 40
     assert not failures, "\n".join(failures)

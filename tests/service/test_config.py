@@ -74,3 +74,11 @@ def test_production_needs_api_keys():
     assert Settings(environment="production", api_keys=["a-long-key"]).api_keys == ["a-long-key"]
     with pytest.raises(ValidationError, match="at least 8"):
         Settings(api_keys=["short"])
+
+
+def test_snapshot_secret_is_long_enough_and_never_printed():
+    with pytest.raises(ValidationError, match="at least 16"):
+        Settings(snapshot_secret="short-secret")
+    s = Settings(snapshot_secret="0123456789abcdef0123")
+    assert s.snapshot_secret is not None and s.snapshot_secret.get_secret_value() == "0123456789abcdef0123"
+    assert "0123456789abcdef" not in repr(s)

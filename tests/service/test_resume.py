@@ -185,7 +185,7 @@ def test_each_unusable_snapshot_is_refused_with_its_code_and_the_session_starts_
         assert error["code"] == "snapshot_mismatch" and ready["resumed"] is None
 
     # another server secret: the signature does not match
-    with live_server(model_dir, snapshot_secret="another-secret") as other_srv:
+    with live_server(model_dir, snapshot_secret="another-secret-of-16+") as other_srv:
         error, ready = run(_resume_with(other_srv.ws, good))
         assert error["code"] == "snapshot_tampered" and ready["resumed"] is None
 
