@@ -59,6 +59,7 @@ serve: install
 	@$(BIN)/asasnn serve & server=$$!; \
 	trap 'kill $$server 2>/dev/null; wait $$server 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/python -m service.client.wait http://127.0.0.1:8000/readyz 120 && \
+	echo "live view: open http://127.0.0.1:8000/" && \
 	$(BIN)/asasnn stream synthetic --url ws://127.0.0.1:8000/ws/infer --every 5
 
 # Lint first (seconds), then the suite with coverage per package.

@@ -13,9 +13,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from asasnn import __version__
 from service.api.main import api_router
 from service.config import Settings, load_settings
+from service.demo import DemoSessions
 from service.errors import ApiKeyGate, install_error_handlers
 from service.logs import RequestLog
 from service.state import ServiceState
+from service.ui import install as install_ui
+from service.watch import WatchMetrics
 
 _UPLOAD_OVERHEAD = 64 * 1024  # multipart boundaries and form fields
 
@@ -25,6 +28,7 @@ def create_app(settings: Settings | None = None, loader: Any = None) -> FastAPI:
     (default :func:`models.runtime.load_runner`; tests inject others)."""
     settings = settings or load_settings()
     state = ServiceState(settings, loader=loader)
+    demos = DemoSessions(state)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -32,6 +36,7 @@ def create_app(settings: Settings | None = None, loader: Any = None) -> FastAPI:
         try:
             yield
         finally:
+            await demos.close()
             await state.stop()
 
     app = FastAPI(
@@ -40,9 +45,14 @@ def create_app(settings: Settings | None = None, loader: Any = None) -> FastAPI:
         summary="Spiking neural networks with Advanced Spatial Attention on DVS event streams",
         description="Stream events to `WS /ws/infer` (protocol v1, docs/protocol.md) or classify recordings.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from service/ui, with their assets served locally
+        redoc_url=None,
     )
     app.state.service = state
+    app.state.demos = demos
+    app.state.watch = WatchMetrics.register(state.metrics)
     app.include_router(api_router)
+    install_ui(app)
     install_error_handlers(app)
     app.add_middleware(
         UploadLimit,

@@ -37,6 +37,7 @@ from service.scheduler import StepOutput, StepRequest
 from service.schemas import OutputOptions, ReadoutOptions
 from service.snapshot import Snapshot, SnapshotError
 from service.telemetry import Metrics
+from service.watch import Watchers
 
 CHUNK_STEPS = 8  # most timesteps binned at once between backpressure checks
 
@@ -99,6 +100,7 @@ class Session:
         self._m_skipped = m.skipped_steps.labels(model)
         self._m_queue = m.queue_depth.labels(model)
         self._m_predictions: dict[int, Any] = {}
+        self.watchers = Watchers(cfg.binner)  # read-only viewers (service/watch.py), never waited for
         self._new_epoch()
 
     def _new_epoch(self) -> None:
@@ -120,6 +122,7 @@ class Session:
             self.metrics.sessions_started.labels(self.model).inc()
 
     async def close(self) -> None:
+        self.watchers.close(self.failed.code if self.failed is not None else "closed")
         if self.slot is not None:
             slot, self.slot = self.slot, None
             await self.engine.detach(self.model, self.id, slot)
@@ -188,6 +191,7 @@ class Session:
             self.first_t = int(events["t"][0])
         self.events += n
         await self._bin(events, arrived_at)
+        self.watchers.feed(events, self.binner.t0)
 
     async def _bin(self, events: np.ndarray, arrived_at: float) -> None:
         """Bin in chunks of at most ``CHUNK_STEPS`` non-empty timesteps; each chunk's frames are queued
@@ -383,6 +387,7 @@ class Session:
                 r, pred.probs, pred.label, self.classes, w.layers, neurons, self.cfg.output, dt
             )
             self.emit(msg, req.arrived_at)
+            self.watchers.publish(msg)
 
     # ---- snapshots (service/snapshot.py) ----------------------------------------------------------
     async def capture(self) -> Snapshot:
