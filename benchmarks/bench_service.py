@@ -30,8 +30,6 @@ settings go in as ``--env ASASNN_NAME=VALUE``. Not a test.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import bisect
 import contextlib
 import json
 import os
@@ -41,7 +39,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +56,7 @@ BUNDLED = REPO / "models" / "bundled"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--streams", type=int, default=8, help="concurrent sessions (default 8)")
-    p.add_argument("--speed", type=float, default=4.0, help="times real time per stream (default 4)")
+    p.add_argument("--speed", type=float, default=1.0, help="times real time per stream (default 1)")
     p.add_argument("--seconds", type=float, default=20.0, help="wall time of sending (default 20)")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of results left out (default 2)")
     p.add_argument("--packet-ms", type=float, default=10.0, help="stream time per packet (default 10)")
@@ -74,6 +71,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--env", action="append", default=[], metavar="ASASNN_NAME=VALUE", help="server setting (repeatable)"
     )
+    p.add_argument(
+        "--generators", type=int, default=1, help="load-generator processes (default 1; add more when one is at 100%% CPU)"
+    )
+    p.add_argument("--snapshot", action="store_true", help="each stream asks for its snapshot before stop, timed")
+    p.add_argument(
+        "--find-capacity",
+        action="store_true",
+        help="bisect the number of real-time streams (starting at --streams, doubling), and measure the model "
+        "alone in the same run",
+    )
+    p.add_argument("--max-streams", type=int, default=4096, help="upper bound for --find-capacity")
     p.add_argument("--json", help="write the results here")
 
 
@@ -94,6 +102,13 @@ def export_tiny(out: Path, preset: str = "tiny") -> Path:
 @contextlib.contextmanager
 def server(model_dir: Path, env: list[str], log: Path) -> Iterator[str]:
     """``asasnn serve`` on a free loopback port; yields its WebSocket URL; SIGTERM on exit."""
+    with server_process(model_dir, env, log) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def server_process(model_dir: Path, env: list[str], log: Path) -> Iterator[tuple[str, int]]:
+    """As :func:`server`, yielding the URL and the server's process id."""
     port = free_port()
     extra = dict(kv.split("=", 1) for kv in env)
     penv = {
@@ -115,7 +130,7 @@ def server(model_dir: Path, env: list[str], log: Path) -> Iterator[str]:
                 if http_get(f"http://127.0.0.1:{port}/readyz", 2)[0] == 200:
                     break
             time.sleep(0.2)
-        yield f"ws://127.0.0.1:{port}/ws/infer"
+        yield f"ws://127.0.0.1:{port}/ws/infer", proc.pid
     finally:
         proc.terminate()
         try:
@@ -171,86 +186,47 @@ def replay(packets: list[np.ndarray], period_us: int, start: int) -> Iterator[np
             i, loop = 0, loop + 1
 
 
-@dataclass
-class StreamResult:
-    predictions: int = 0
-    e2e_server_ms: list[float] = field(default_factory=list)
-    e2e_client_ms: list[float] = field(default_factory=list)
-    queue_ms: list[float] = field(default_factory=list)
-    step_ms: list[float] = field(default_factory=list)
-    warnings: dict[str, int] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-    snapshot_bytes: list[int] = field(default_factory=list)
-    snapshot_ms: list[float] = field(default_factory=list)
+# ---- one run: N streams from generator processes --------------------------------------------------------
+def packet_file(sensor: tuple[int, int], args: argparse.Namespace, out: Path) -> tuple[Path, int]:
+    """The synthetic gestures as one long packet sequence (enough for ``args.seconds`` from any start
+    offset), written for the generators; and the number of packets of one pass over the gestures."""
+    packet_us = max(1, int(args.packet_ms * 1000))
+    packets, period = gestures(sensor, args.gestures, packet_us)
+    needed = int(args.seconds * args.speed * 1e6 / packet_us) + 2 * len(packets) + 2
+    it = replay(packets, period, 0)
+    seq = [next(it) for _ in range(needed)]
+    ends = np.cumsum([len(q) for q in seq])
+    np.savez(out, events=np.concatenate(seq), ends=ends)
+    return out, len(packets)
 
 
-async def one_stream(
-    url: str,
-    packets: Iterator[np.ndarray],
-    sensor: tuple[int, int],
-    speed: float,
-    t_stop: float,
-    t_keep: float,
-) -> StreamResult:
-    from service.client.api import Resume, ServiceError, StreamSession
-    from service.client.sources import Pacer
+def proc_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the server's worker processes), from /proc."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
 
-    res = StreamResult()
-    sent_t: list[int] = []  # last timestamp of each packet sent
-    sent_at: list[float] = []  # when it was sent
 
-    def on_message(msg: dict[str, Any]) -> None:
-        now = time.perf_counter()
-        kind = msg.get("type")
-        if kind == "warning":
-            res.warnings[msg["code"]] = res.warnings.get(msg["code"], 0) + 1
-        elif kind == "error":
-            res.errors.append(f"{msg['code']}: {msg['message']}")
-        if kind != "prediction":
-            return
-        res.predictions += 1
-        # the packet that completed this timestep: the first one holding an event at or after its end
-        i = bisect.bisect_left(sent_t, msg["t_end_us"])
-        if i == len(sent_t) or sent_at[i] < t_keep:
-            return  # completed by stop's flush, or warm-up
-        res.e2e_client_ms.append((now - sent_at[i]) * 1e3)
-        res.e2e_server_ms.append(msg["latency_ms"]["total"])
-        res.step_ms.append(msg["latency_ms"]["step"])
-        if "queue" in msg["latency_ms"]:
-            res.queue_ms.append(msg["latency_ms"]["queue"])
-
-    s = await StreamSession.connect(
-        url,
-        sensor=sensor,
-        output={"top_k": 1, "layer_rates": False},
-        on_message=on_message,
-        open_timeout=60,
-        resume=Resume(snapshot_every_s=1e9),  # keep the snapshot asked for below; none on a timer
-    )
-    pacer = Pacer(speed)
-    try:
-        for p in packets:
-            delay = pacer.delay(p)
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if time.perf_counter() >= t_stop:
-                break
-            await s.send_events(p)
-            sent_t.append(int(p["t"][-1]))
-            sent_at.append(time.perf_counter())
-        t_snap = time.perf_counter()
-        await s.request_snapshot()
-        while s.snapshot is None and time.perf_counter() - t_snap < 60:
-            await asyncio.sleep(0.001)
-        if s.snapshot is not None:
-            res.snapshot_ms.append((time.perf_counter() - t_snap) * 1e3)
-            res.snapshot_bytes.append(len(s.snapshot))
-        await s.stop(timeout=120)
-    except ServiceError as e:
-        res.errors.append(f"stop: {e} (close code {e.close_code})")
-    finally:
-        await s.close()
-    return res
+def proc_stats(pids: list[int]) -> tuple[float, float]:
+    """(RSS MiB, CPU seconds) summed over ``pids``, from /proc."""
+    rss = cpu = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss += int(line.split()[1]) / 1024
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    return rss, cpu
 
 
 def _pct(xs: list[float]) -> dict[str, float]:
@@ -265,63 +241,204 @@ def _pct(xs: list[float]) -> dict[str, float]:
     }
 
 
-async def run_streams(url: str, args: argparse.Namespace) -> dict[str, Any]:
+def served_model(url: str) -> dict[str, Any]:
     from service.client.api import http_base
 
     _, body = http_get(http_base(url) + "/v1/models")
     models = json.loads(body)
-    card = next(m for m in models["models"] if m["name"] == models["default"])
+    return next(m for m in models["models"] if m["name"] == models["default"])
+
+
+def run_streams(
+    url: str, args: argparse.Namespace, streams: int, packets: Path, cycle: int, server_pid: int | None
+) -> dict[str, Any]:
+    """``streams`` sessions from ``args.generators`` generator processes (benchmarks/loadgen.py)."""
+    card = served_model(url)
     sensor = (card["sensor"]["width"], card["sensor"]["height"])
-    packet_us = max(1, int(args.packet_ms * 1000))
-    packets, period = gestures(sensor, args.gestures, packet_us)
-    before = scrape(url)
-    t_start = time.perf_counter()
-    t_stop, t_keep = t_start + args.seconds, t_start + args.warmup
-    step = max(1, len(packets) // max(args.streams, 1))
-    results = await asyncio.gather(
-        *(
-            one_stream(
-                url, replay(packets, period, (i * step) % len(packets)), sensor, args.speed, t_stop, t_keep
+    n_gen = max(1, min(args.generators, streams))
+    step = max(1, cycle // max(streams, 1))
+    offsets = [(i * step) % cycle for i in range(streams)]
+    start_at = time.time() + 5.0 + streams / 100  # every generator connects its streams first
+    procs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for g in range(n_gen):
+            job = {
+                "url": url,
+                "sensor": sensor,
+                "packets": str(packets),
+                "packet_us": max(1, int(args.packet_ms * 1000)),
+                "offsets": offsets[g::n_gen],
+                "speed": args.speed,
+                "seconds": args.seconds,
+                "warmup": args.warmup,
+                "snapshot": args.snapshot,
+                "start_at": start_at,
+            }
+            jf = Path(tmp) / f"job{g}.json"
+            jf.write_text(json.dumps(job))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(Path(__file__).with_name("loadgen.py")), str(jf), str(jf) + ".out"],
+                    cwd=REPO,
+                )
             )
-            for i in range(args.streams)
-        )
-    )
-    wall = time.perf_counter() - t_start
+        before = scrape(url)
+        pids = proc_tree(server_pid) if server_pid else []
+        time.sleep(max(0.0, start_at - time.time()))
+        _, cpu0 = proc_stats(pids)
+        t0 = time.perf_counter()
+        rss_max, samples = 0.0, []
+        while any(p.poll() is None for p in procs):
+            time.sleep(0.5)
+            if pids:
+                rss, _ = proc_stats(pids)
+                rss_max = max(rss_max, rss)
+                samples.append(rss)
+        wall = time.perf_counter() - t0
+        _, cpu1 = proc_stats(pids)
+        gens = [json.loads(Path(tmp, f"job{g}.json.out").read_text()) for g in range(n_gen)]
     after = scrape(url)
     steps = _sum(after, "asasnn_steps_total") - _sum(before, "asasnn_steps_total")
     batches = _sum(after, "asasnn_batch_size_count") - _sum(before, "asasnn_batch_size_count")
-    merged = StreamResult()
-    for r in results:
-        merged.predictions += r.predictions
-        merged.e2e_server_ms += r.e2e_server_ms
-        merged.e2e_client_ms += r.e2e_client_ms
-        merged.step_ms += r.step_ms
-        merged.queue_ms += r.queue_ms
-        merged.errors += r.errors
-        merged.snapshot_bytes += r.snapshot_bytes
-        merged.snapshot_ms += r.snapshot_ms
-        for k, v in r.warnings.items():
-            merged.warnings[k] = merged.warnings.get(k, 0) + v
+    merged: dict[str, Any] = {k: [] for k in ("e2e_client_ms", "e2e_server_ms", "step_ms", "snapshot_ms",
+                                               "snapshot_bytes", "errors")}
+    counts = dict.fromkeys(("connected", "predictions", "expected", "out_of_order", "duplicates", "late_sends"), 0)
+    for g in gens:
+        for k in merged:
+            merged[k] += g.get(k, [])
+        for k in counts:
+            counts[k] += g.get(k, 0)
+    dt_ms = card["dt_us"] / 1000
+    e2e_client, e2e_server = _pct(merged["e2e_client_ms"]), _pct(merged["e2e_server_ms"])
+    lost = counts["expected"] - counts["predictions"] + counts["duplicates"]
+    ok = (
+        counts["connected"] == streams
+        and counts["expected"] > 0
+        and lost == 0
+        and counts["out_of_order"] == 0
+        and not merged["errors"]
+        and e2e_client["p99"] < dt_ms
+    )
     return {
-        "model": f"{card['name']} ({card['backend']}, {card['device']}, dt {card['dt_us'] / 1000:g} ms)",
-        "streams": args.streams,
+        "model": f"{card['name']} ({card['backend']}, {card['device']}, dt {dt_ms:g} ms)",
+        "dt_ms": dt_ms,
+        "streams": streams,
+        "packet_ms": args.packet_ms,
         "speed": args.speed,
-        "offered_steps_per_s": args.streams * args.speed * 1e6 / card["dt_us"],
+        "offered_steps_per_s": streams * args.speed * 1e6 / card["dt_us"],
         "wall_s": wall,
         "steps": steps,
-        "steps_per_s": steps / wall,
+        "steps_per_s": steps / wall if wall else float("nan"),
         "mean_batch": steps / batches if batches else float("nan"),
-        "e2e_server_ms": _pct(merged.e2e_server_ms),
-        "e2e_client_ms": _pct(merged.e2e_client_ms),
-        "queue_ms": _pct(merged.queue_ms),
-        "step_ms": _pct(merged.step_ms),
-        "snapshot_ms": _pct(merged.snapshot_ms),
-        "snapshot_bytes": int(np.median(merged.snapshot_bytes)) if merged.snapshot_bytes else None,
-        "warnings": merged.warnings,
-        "errors": merged.errors[:5],
+        **counts,
+        "lost": lost,
+        "errors": merged["errors"][:5],
+        "e2e_server_ms": e2e_server,
+        "e2e_client_ms": e2e_client,
+        "step_ms": _pct(merged["step_ms"]),
+        "snapshot_ms": _pct(merged["snapshot_ms"]),
+        "snapshot_bytes": int(np.median(merged["snapshot_bytes"])) if merged["snapshot_bytes"] else None,
+        "server_cpu": (cpu1 - cpu0) / wall if pids and wall else None,  # cores busy, all its processes
+        "server_rss_mib_max": rss_max or None,
+        "generators": [
+            {"streams": g.get("streams"), "cpu": g["cpu_s"] / g["wall_s"] if g.get("wall_s") else None}
+            for g in gens
+        ],
+        "real_time": ok,
         "cores": os.cpu_count(),
-        "load_avg_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
+
+
+# ---- the model alone ---------------------------------------------------------------------------------------
+def model_only_capacity(model_dir: Path, name: str, sensor_frames: Path, max_batch: int, threads: int) -> dict:
+    """The most streams whose timesteps the runner alone (ONNX Runtime, ``threads`` threads, batches of
+    at most ``max_batch`` as the scheduler forms them) computes within one dt, at p99 of 30 rounds;
+    frames binned from the same synthetic events as the streams."""
+    from models.events.binner import BinnerConfig, FrameBinner
+    from models.events.types import SensorSize
+    from models.runtime.loading import load_runner
+
+    runner = load_runner(model_dir / name, backend="onnx", device="cpu", threads=threads)
+    card = runner.card
+    dt_s = card.dt_us / 1e6
+    with np.load(sensor_frames) as z:
+        events = z["events"][: 2_000_000]
+    cfg = BinnerConfig(SensorSize(card.sensor.width, card.sensor.height), card.dt_us, card.ds)
+    frames = FrameBinner(cfg).push(events)[:512]
+    rng = np.random.default_rng(0)
+
+    def rounds_p99(n: int) -> float:
+        slots = [runner.open() for _ in range(n)]
+        times = []
+        try:
+            for r in range(33):
+                t = time.perf_counter()
+                for b in range(0, n, max_batch):
+                    chunk = slots[b : b + max_batch]
+                    runner.step(chunk, frames[rng.integers(0, len(frames), len(chunk))])
+                if r >= 3:
+                    times.append(time.perf_counter() - t)
+        finally:
+            for s in slots:
+                runner.close(s)
+        return float(np.percentile(times, 99))
+
+    lo, hi, tried = 0, 1, {}
+    while True:  # double until a round misses dt, then bisect
+        tried[hi] = rounds_p99(hi)
+        if tried[hi] >= dt_s or hi >= 8192:
+            break
+        lo, hi = hi, hi * 2
+    while hi - lo > max(1, lo // 32):
+        mid = (lo + hi) // 2
+        tried[mid] = rounds_p99(mid)
+        lo, hi = (mid, hi) if tried[mid] < dt_s else (lo, mid)
+    return {"streams": lo, "dt_ms": dt_s * 1e3, "max_batch": max_batch, "threads": threads,
+            "p99_ms": {n: v * 1e3 for n, v in sorted(tried.items())}}
+
+
+# ---- capacity: bisect N ------------------------------------------------------------------------------------
+def find_capacity(url: str, args: argparse.Namespace, packets: Path, cycle: int, pid: int | None, log) -> dict:
+    """The most streams that stay real time (every prediction, in order, client e2e p99 below dt):
+    double from ``--streams`` until a run fails, then bisect to within ~5 %."""
+    runs: list[dict[str, Any]] = []
+
+    def probe(n: int) -> bool:
+        r = run_streams(url, args, n, packets, cycle, pid)
+        runs.append(r)
+        log(summary_line(r))
+        wait_idle(url)
+        return r["real_time"]
+
+    lo, hi = 0, max(1, args.streams)
+    while probe(hi):
+        lo, hi = hi, hi * 2
+        if hi > args.max_streams:
+            break
+    while hi - lo > max(1, lo // 20):
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if probe(mid) else (lo, mid)
+    return {"streams": lo, "runs": runs}
+
+
+def wait_idle(url: str, timeout: float = 120) -> None:
+    """Until the server holds no session (the last run's are closed and their steps done)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _sum(scrape(url), "asasnn_active_sessions") > 0:
+        time.sleep(0.5)
+
+
+def summary_line(r: dict[str, Any]) -> str:
+    gens = ", ".join(f"{g['cpu'] * 100:.0f}%" for g in r["generators"] if g["cpu"] is not None)
+    cpu = f"{r['server_cpu'] * 100:.0f}%" if r["server_cpu"] is not None else "?"
+    return (
+        f"  {r['streams']:5d} streams: {'REAL TIME' if r['real_time'] else 'behind   '}  "
+        f"predictions {r['predictions']}/{r['expected']} lost {r['lost']} reordered {r['out_of_order']}  "
+        f"e2e client p50 {r['e2e_client_ms']['p50']:.1f} p99 {r['e2e_client_ms']['p99']:.1f} ms, "
+        f"server p99 {r['e2e_server_ms']['p99']:.1f} ms  batch {r['mean_batch']:.1f}  server CPU {cpu} "
+        f"RSS {r['server_rss_mib_max'] or 0:.0f} MiB  generators CPU {gens}"
+        + (f"  errors {r['errors'][:2]}" if r["errors"] else "")
+    )
 
 
 def report(r: dict[str, Any]) -> str:
@@ -330,18 +447,17 @@ def report(r: dict[str, Any]) -> str:
 
     lines = [
         (
-            f"{r['model']}: {r['streams']} streams at {r['speed']:g}x real time "
+            f"{r['model']}: {r['streams']} streams at {r['speed']:g}x real time, {r['packet_ms']:g} ms packets "
             f"({r['offered_steps_per_s']:.0f} steps/s offered), {r['wall_s']:.1f} s"
         ),
         f"  {r['steps']:.0f} steps, {r['steps_per_s']:.0f} steps/s, mean batch {r['mean_batch']:.2f}",
+        summary_line(r),
         row("e2e server", r["e2e_server_ms"]),
         row("e2e client", r["e2e_client_ms"]),
-        row("queue", r["queue_ms"]),
         row("step", r["step_ms"]),
-        row("snapshot", r["snapshot_ms"]) + f"  ({r['snapshot_bytes']} bytes a stream)",
     ]
-    if r["warnings"] or r["errors"]:
-        lines.append(f"  warnings {r['warnings']}  errors {r['errors']}")
+    if r["snapshot_bytes"]:
+        lines.append(row("snapshot", r["snapshot_ms"]) + f"  ({r['snapshot_bytes']} bytes a stream)")
     return "\n".join(lines)
 
 
@@ -351,25 +467,50 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
         add_arguments(p)
         args = p.parse_args(args)
     with tempfile.TemporaryDirectory() as tmp:
-        if args.url:
-            result = asyncio.run(run_streams(args.url, args))
+        if args.export:
+            model_dir = export_tiny(Path(tmp), args.export)
+        elif args.model_dir:
+            model_dir = Path(args.model_dir)
+        elif (BUNDLED / "default" / "card.json").exists():
+            model_dir = BUNDLED
         else:
-            if args.export:
-                model_dir = export_tiny(Path(tmp), args.export)
-            elif args.model_dir:
-                model_dir = Path(args.model_dir)
-            elif (BUNDLED / "default" / "card.json").exists():
-                model_dir = BUNDLED
+            print("no bundled default model: exporting the tiny causal-ASA network ...", flush=True)
+            model_dir = export_tiny(Path(tmp))
+        with contextlib.ExitStack() as stack:
+            if args.url:
+                url, pid = args.url, None
             else:
-                print("no bundled default model: exporting the tiny causal-ASA network ...", flush=True)
-                model_dir = export_tiny(Path(tmp))
-            with server(model_dir, args.env, Path(tmp) / "serve.log") as url:
-                result = asyncio.run(run_streams(url, args))
+                url, pid = stack.enter_context(server_process(model_dir, args.env, Path(tmp) / "serve.log"))
+            card = served_model(url)
+            packets, cycle = packet_file((card["sensor"]["width"], card["sensor"]["height"]), args,
+                                         Path(tmp) / "packets.npz")
+            if args.find_capacity:
+                print(f"{card['name']}: capacity at {args.packet_ms:g} ms packets", flush=True)
+                result = find_capacity(url, args, packets, cycle, pid, lambda s: print(s, flush=True))
+                settings = dict(kv.split("=", 1) for kv in args.env)
+                result["model_only"] = model_only_capacity(
+                    model_dir, card["name"], packets, int(settings.get("ASASNN_MAX_BATCH", 64)),
+                    int(settings.get("ASASNN_STEP_THREADS", max(1, (os.cpu_count() or 2) - 1))),
+                )
+                text = capacity_report(result, args)
+            else:
+                result = run_streams(url, args, args.streams, packets, cycle, pid)
+                text = report(result)
     result["server_env"] = args.env
-    print(report(result), flush=True)
+    print(text, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0
+
+
+def capacity_report(result: dict[str, Any], args: argparse.Namespace) -> str:
+    mo = result["model_only"]
+    e2e = result["streams"]
+    return (
+        f"end to end ({args.packet_ms:g} ms packets): {e2e} real-time streams; model alone (ONNX Runtime, "
+        f"{mo['threads']} thread(s), batches of <= {mo['max_batch']}): {mo['streams']} streams "
+        f"(p99 of a round below dt {mo['dt_ms']:g} ms); ratio {e2e / max(mo['streams'], 1):.3f}"
+    )
 
 
 if __name__ == "__main__":

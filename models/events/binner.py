@@ -81,6 +81,11 @@ class TimedFrames(NamedTuple):
     t_start_us: np.ndarray  # [n] int64
 
 
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
 class FrameBinner:
     """Stateful binner for one event stream; packets may be split anywhere.
 
@@ -105,8 +110,11 @@ class FrameBinner:
         self._lut_p = np.array([0, h * w], dtype=np.intp)
         self._k_open = 0  # grid index of the open bin
         self._gap_run = 0  # empty frames emitted since the last non-empty bin
-        self._acc = np.zeros(2 * h * w, dtype=np.int64)  # counts of the open bin, flat
+        self._acc = np.zeros(2 * h * w, dtype=np.int64)  # counts of the open bin, flat ...
+        self._acc_parts: list[np.ndarray] = []  # ... plus these pixels, counted when the bin is read
         self._acc_n = 0  # events in the open bin
+        shape = cfg.frame_shape
+        self._no_frames = TimedFrames(_frozen(np.zeros((0, *shape), np.float32)), _frozen(np.zeros(0, np.int64)))
 
     def state_dict(self) -> dict[str, Any]:
         """Everything that makes this binner's future output: the grid, the open bin's counts, the
@@ -121,7 +129,7 @@ class FrameBinner:
             "k_open": self._k_open,
             "gap_run": self._gap_run,
             "acc_n": self._acc_n,
-            "acc": self._acc.copy(),
+            "acc": self._open_counts().copy(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -137,6 +145,7 @@ class FrameBinner:
         self.dropped_events = ints["dropped_events"]
         self._k_open, self._gap_run, self._acc_n = ints["k_open"], ints["gap_run"], ints["acc_n"]
         self._acc = acc.astype(np.int64, copy=True)
+        self._acc_parts = []
 
     @property
     def open_bin_start(self) -> int | None:
@@ -196,7 +205,8 @@ class FrameBinner:
             # rule applies) and ends in the next one. Same result as below, a third of the work.
             split = int(np.searchsorted(ev["t"], end, side="left"))
             self._accumulate(pix[:split])
-            frame = (self._acc > 0 if cfg.mode == "binary" else self._acc).astype(np.float32)
+            acc = self._open_counts()
+            frame = (acc > 0 if cfg.mode == "binary" else acc).astype(np.float32)
             ks = np.array([self._k_open], dtype=np.int64)
             self._acc = np.zeros_like(self._acc)
             self._acc_n = 0
@@ -214,24 +224,32 @@ class FrameBinner:
         counts = np.bincount(pix, minlength=bins.size * f).reshape(bins.size, f)
         if self._acc_n:
             if bins[0] == self._k_open:
-                counts[0] += self._acc
+                counts[0] += self._open_counts()
             else:
                 bins = np.concatenate(([self._k_open], bins))
-                counts = np.concatenate((self._acc[None], counts))
+                counts = np.concatenate((self._open_counts()[None], counts))
         done = self._complete(int(bins[-1]), bins[:-1], counts[:-1])
         # bins[-1] > the old open bin here, so the new open bin holds only this packet's events.
         self._acc = counts[-1].copy()
+        self._acc_parts = []
         self._acc_n = ev.size - int(np.searchsorted(k, k[-1]))
         return done
 
     def _accumulate(self, pix: np.ndarray) -> None:
-        """Count events (their flat pixels) into the open bin."""
-        # np.add.at touches only the events' pixels; bincount builds a whole frame.
-        if pix.size * 4 < self._acc.size:
-            np.add.at(self._acc, pix, 1)
-        else:
+        """Count events (their flat pixels) into the open bin: kept as they are until the bin is read
+        (:meth:`_open_counts`), so the packets of one bin cost one ``bincount`` together instead of
+        one each (a live stream sends several packets per timestep)."""
+        if pix.size:
+            self._acc_parts.append(pix)
+            self._acc_n += pix.size
+
+    def _open_counts(self) -> np.ndarray:
+        """The open bin's counts, with the pixels kept by :meth:`_accumulate` counted in."""
+        if self._acc_parts:
+            parts, self._acc_parts = self._acc_parts, []
+            pix = parts[0] if len(parts) == 1 else np.concatenate(parts)
             self._acc += np.bincount(pix, minlength=self._acc.size)
-        self._acc_n += pix.size
+        return self._acc
 
     def advance_to(self, t_us: int) -> np.ndarray:
         """Complete every bin ending at or before ``t_us``: the stream promises no earlier events.
@@ -262,10 +280,11 @@ class FrameBinner:
 
     def _complete_open(self, k_end: int) -> tuple[np.ndarray, np.ndarray]:
         if self._acc_n:
-            done = self._complete(k_end, np.array([self._k_open]), self._acc[None])
+            done = self._complete(k_end, np.array([self._k_open]), self._open_counts()[None])
         else:
             done = self._complete(k_end, np.zeros(0, np.int64), self._acc[None][:0])
         self._acc = np.zeros_like(self._acc)
+        self._acc_parts = []
         self._acc_n = 0
         return done
 
@@ -310,12 +329,14 @@ class FrameBinner:
         return pix
 
     def _none(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.zeros((0, *self.cfg.frame_shape), dtype=np.float32), np.zeros(0, dtype=np.int64)
+        return self._no_frames
 
     def _empty(self) -> TimedFrames:
-        return TimedFrames(*self._none())
+        return self._no_frames
 
     def _timed(self, frames: np.ndarray, ks: np.ndarray) -> TimedFrames:
+        if not len(ks):
+            return self._no_frames
         assert self.t0 is not None
         return TimedFrames(frames, self.t0 + ks * self.cfg.dt_us)
 
