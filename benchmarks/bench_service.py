@@ -480,7 +480,8 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
             if args.url:
                 url, pid = args.url, None
             else:
-                url, pid = stack.enter_context(server_process(model_dir, args.env, Path(tmp) / "serve.log"))
+                env = [f"ASASNN_MAX_SESSIONS={args.max_streams}", *args.env]  # room for every probe
+                url, pid = stack.enter_context(server_process(model_dir, env, Path(tmp) / "serve.log"))
             card = served_model(url)
             packets, cycle = packet_file((card["sensor"]["width"], card["sensor"]["height"]), args,
                                          Path(tmp) / "packets.npz")

@@ -67,6 +67,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument(
+        "--workers",
+        type=int,
+        help="server processes sharing the port, each with its own event loop and model runners (default 1); "
+        "see docs/service.md",
+    )
+    p.add_argument(
         "--log-format",
         choices=["text", "json"],
         help="text: timestamped lines; json: one object per line, for log shippers (default text)",
@@ -95,6 +101,7 @@ _FIELDS = (
     "environment",
     "log_level",
     "log_format",
+    "workers",
 )
 
 
@@ -112,24 +119,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"asasnn serve: {e}", file=sys.stderr)
         return 2
 
-    import uvicorn
+    if settings.workers > 1:
+        from service.workers import serve_workers
 
-    from service.logs import configure_logging
-    from service.main import create_app
-    from service.server import DrainingServer
+        return serve_workers(settings)
+    from service.server import serve
 
-    configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=None,  # configure_logging above: one format for uvicorn's lines and the app's
-        access_log=False,  # service.logs.RequestLog writes the access log, with request ids
-        **settings.uvicorn_ws_options,
-        timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
-    )
-    server = DrainingServer(config, app.state.service)
-    server.run()
-    return 0 if server.started else 3
+    return serve(settings)

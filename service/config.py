@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["text", "json"] = "text"  # one format for uvicorn's lines and the app's (service/logs.py)
+    # server processes on one socket (service/workers.py): each a whole server with its own event loop,
+    # engine and sessions; the cores are shared out between them (step_threads, decode_workers)
+    workers: int = Field(1, ge=1, le=256)
 
     # Models
     model_dir: Path = BUNDLED_MODEL_DIR
@@ -112,20 +115,20 @@ class Settings(BaseSettings):
 
     @property
     def resolved_step_threads(self) -> int:
-        """``step_threads``, or all cores but one (at least one)."""
+        """``step_threads``, or a worker's share of the cores but one (at least one)."""
         if self.step_threads is not None:
             return self.step_threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return max(1, cores - 1)
+        return max(1, cores // self.workers - 1)
 
     @property
     def resolved_decode_workers(self) -> int:
-        """``decode_workers``, or half the cores (at least one): a decoder spinning on a hostile file
-        until its timeout then leaves the other half to the streams."""
+        """``decode_workers``, or half of a worker's share of the cores (at least one): a decoder
+        spinning on a hostile file until its timeout then leaves the other half to the streams."""
         if self.decode_workers is not None:
             return self.decode_workers
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return max(1, cores // 2)
+        return max(1, cores // self.workers // 2)
 
     @property
     def ws_max_size(self) -> int:

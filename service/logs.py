@@ -60,10 +60,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(obj, default=str)
 
 
-def configure_logging(level: str = "info", fmt: LogFormat = "text") -> None:
-    """Route the app's and uvicorn's loggers to one stderr handler of ``fmt`` at ``level``."""
+class _WorkerTag(logging.Filter):
+    """Adds ``worker=N`` to every line of a worker process (``asasnn serve --workers``)."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.fields = {"worker": self.worker, **(getattr(record, "fields", None) or {})}
+        return True
+
+
+def configure_logging(level: str = "info", fmt: LogFormat = "text", worker: int | None = None) -> None:
+    """Route the app's and uvicorn's loggers to one stderr handler of ``fmt`` at ``level``; in a
+    worker process (``worker``: its index) every line says which."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    if worker is not None:
+        handler.addFilter(_WorkerTag(worker))
     for name in _LOGGERS:
         lg = logging.getLogger(name)
         lg.handlers = [handler] if name == "" else []

@@ -26,6 +26,7 @@ from types import FrameType
 
 import uvicorn
 
+from service.config import Settings
 from service.state import ServiceState
 
 log = logging.getLogger("asasnn.server")
@@ -64,3 +65,30 @@ class DrainingServer(uvicorn.Server):
             log.exception("drain failed")
         finally:
             self.should_exit = True
+
+
+def serve(settings: Settings, worker: int | None = None, sockets: list[socket.socket] | None = None) -> int:
+    """Run one server process until it is stopped (``asasnn serve``); ``worker`` and ``sockets``: as
+    one of several worker processes on a socket bound by the parent (service/workers.py). Returns
+    the exit status: 0, or 3 when the server did not start."""
+    from service.logs import configure_logging
+    from service.main import create_app
+
+    configure_logging(settings.log_level, settings.log_format, worker)
+    app = create_app(settings)
+    server = DrainingServer(uvicorn_config(settings, app), app.state.service)
+    server.run(sockets=sockets)
+    return 0 if server.started else 3
+
+
+def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=None,  # configure_logging: one format for uvicorn's lines and the app's
+        access_log=False,  # service.logs.RequestLog writes the access log, with request ids
+        **settings.uvicorn_ws_options,
+        timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
+    )

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from models.events.binner import BinnerConfig, FrameBinner, TimedFrames, split_by_bins
-from models.events.types import EventError, validate_events
+from models.events.types import EventError
 from models.runtime.readout import Readout
 from service import snapshot
 from service.engine import Engine, ModelWorker
@@ -164,9 +164,10 @@ class Session:
         against this session's sensor already and are its first (a decoded recording).
         """
         arrived_at = time.perf_counter() if arrived_at is None else arrived_at
+        pixels = None
         if not (validated and self.binner.last_t is None):
             try:
-                validate_events(events, self.cfg.binner.sensor, self.binner.last_t)
+                pixels = self.binner.check(events)
             except EventError as e:
                 raise self._reject(e.code, int(events.size), str(e)) from None
         n = int(events.size)
@@ -190,10 +191,10 @@ class Session:
         if self.first_t is None:
             self.first_t = int(events["t"][0])
         self.events += n
-        await self._bin(events, arrived_at)
+        await self._bin(events, arrived_at, pixels)
         self.watchers.feed(events, self.binner.t0)
 
-    async def _bin(self, events: np.ndarray, arrived_at: float) -> None:
+    async def _bin(self, events: np.ndarray, arrived_at: float, pixels: np.ndarray | None = None) -> None:
         """Bin in chunks of at most ``CHUNK_STEPS`` non-empty timesteps; each chunk's frames are queued
         (waiting for room, see backpressure) before the next chunk is binned. The chunks follow the
         events, not the clock: a gap of any length inside a packet costs what the gap cap lets it
@@ -203,7 +204,7 @@ class Session:
         t = events["t"]
         t0 = b.t0 if b.t0 is not None else int(t[0])
         if (int(t[-1]) - t0) // dt - (int(t[0]) - t0) // dt < CHUNK_STEPS:  # the live case: a short packet
-            await self._enqueue(b.push_timed(events, validate=False), arrived_at)
+            await self._enqueue(b.push_timed(events, validate=False, pixels=pixels), arrived_at)
         else:
             for part in split_by_bins(events, t0, dt, CHUNK_STEPS):  # sorted and checked above
                 await self._enqueue(b.push_timed(part, validate=False), arrived_at)

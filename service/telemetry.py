@@ -11,6 +11,8 @@ is created at 0 when a model is registered (or at start for session refusals), s
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
@@ -38,20 +40,30 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-            r.register(collector)  # stateless readers of /proc and the interpreter: shareable
+        # `asasnn serve --workers N` (service/workers.py): every worker process writes its samples to
+        # files in this directory and a scrape of any worker reads them all; each gauge says how its
+        # workers' values combine. The process collectors would describe the scraped worker only.
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not self.multiprocess_dir:
+            for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+                r.register(collector)  # stateless readers of /proc and the interpreter: shareable
         m = ["model"]
         self.model_info = Gauge(
-            "asasnn_model_info", "Served model (value 1)", [*m, "version", "backend", "device"], registry=r
+            "asasnn_model_info",
+            "Served model (value 1)",
+            [*m, "version", "backend", "device"],
+            registry=r,
+            multiprocess_mode="max",
         )
         self.model_timestep = Gauge(
             "asasnn_model_timestep_seconds",
             "Timestep of a served model (its card's dt_us): one model call per stream per timestep",
             m,
             registry=r,
+            multiprocess_mode="max",
         )
         self.layer_neurons = Gauge(
-            "asasnn_layer_neurons", "Neurons per spiking layer", [*m, "layer"], registry=r
+            "asasnn_layer_neurons", "Neurons per spiking layer", [*m, "layer"], registry=r, multiprocess_mode="max"
         )
         # input
         self.events_received = Counter(
@@ -89,10 +101,18 @@ class Metrics:
             registry=r,
         )
         self.active_sessions = Gauge(
-            "asasnn_active_sessions", "Sessions holding a state slot (streams and recordings)", m, registry=r
+            "asasnn_active_sessions",
+            "Sessions holding a state slot (streams and recordings)",
+            m,
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.queue_depth = Gauge(
-            "asasnn_queue_depth", "Timesteps waiting for the model, all sessions", m, registry=r
+            "asasnn_queue_depth",
+            "Timesteps waiting for the model, all sessions",
+            m,
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.backpressure = Counter(
             "asasnn_backpressure_total",
@@ -135,12 +155,14 @@ class Metrics:
             "asasnn_layer_spike_rate",
             "Live firing rate per layer (spikes/neuron/step, EMA over ~100 steps)",
             [*m, "layer"],
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
         self.network_rate = Gauge(
             "asasnn_network_spike_rate",
             "Live network average spike firing rate (NASFR, EMA over ~100 steps)",
             m,
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
         self.sops = Counter(
@@ -281,6 +303,12 @@ class Metrics:
         c.network_rate.set(ema[-1])
 
     def render(self) -> bytes:
+        if self.multiprocess_dir:  # every worker's samples, combined
+            from prometheus_client import multiprocess
+
+            combined = CollectorRegistry()
+            multiprocess.MultiProcessCollector(combined, self.multiprocess_dir)
+            return generate_latest(combined)
         return generate_latest(self.registry)
 
 

@@ -99,7 +99,9 @@ class WatchMetrics:
         )
         for kind in ("prediction", "frame"):
             dropped.labels(kind)  # every series starts at 0
-        watchers = Gauge("asasnn_watchers", "Open read-only watchers (/ws/watch)", registry=r)
+        watchers = Gauge(
+            "asasnn_watchers", "Open read-only watchers (/ws/watch)", registry=r, multiprocess_mode="livesum"
+        )
         return cls(dropped, watchers)
 
 

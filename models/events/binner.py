@@ -37,7 +37,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from models.events.types import MAX_T_US, SensorSize, validate_events
+from models.events.types import EVENT_DTYPE, MAX_T_US, SensorSize, validate_events
 
 _CHUNK = 1 << 16  # events binned in one pass; larger packets are cut (see FrameBinner.push)
 
@@ -160,14 +160,16 @@ class FrameBinner:
         """
         return self.push_timed(events).frames
 
-    def push_timed(self, events: np.ndarray, *, validate: bool = True) -> TimedFrames:
+    def push_timed(
+        self, events: np.ndarray, *, validate: bool = True, pixels: np.ndarray | None = None
+    ) -> TimedFrames:
         """:meth:`push`, also returning each frame's bin start (gap-cap skips make them non-consecutive).
 
-        ``validate=False`` skips :func:`validate_events`, for a caller that has just checked these
-        events against this binner's sensor and ``last_t``.
+        ``validate=False`` skips the validation, for a caller that has just checked these events
+        against this binner (:meth:`check`, whose result it may pass as ``pixels``).
         """
         if validate:
-            validate_events(events, self.cfg.sensor, self.last_t)
+            pixels = self.check(events)
         if events.size == 0:
             return self._empty()
         # Valid events cannot make anything below fail, so state may change from here on.
@@ -175,14 +177,43 @@ class FrameBinner:
             self.t0 = int(events["t"][0])
         self.last_t = int(events["t"][-1])
         if events.size <= _CHUNK:
-            return self._timed(*self._add(events))
+            return self._timed(*self._add(events, pixels))
         # Cache-sized pieces run faster than one huge pass, and split invariance makes them equal.
         parts = [self._add(events[i : i + _CHUNK]) for i in range(0, events.size, _CHUNK)]
         return self._timed(np.concatenate([f for f, _ in parts]), np.concatenate([k for _, k in parts]))
 
-    def _add(self, events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def check(self, events: np.ndarray) -> np.ndarray:
+        """Validate a packet for this stream, as :func:`validate_events` with this binner's sensor and
+        ``last_t`` does (raising the same :class:`EventError`, touching nothing), and return the flat
+        frame index of each event (:meth:`push_timed`'s ``pixels``).
+
+        The pixel look-up tables have the sensor's size, so looking an event up is its range check:
+        a column, row or polarity out of range is an ``IndexError`` there. The time checks are two
+        scalars and one comparison. Only a bad packet runs :func:`validate_events`, to name its fault.
+        """
+        if events.dtype == EVENT_DTYPE and events.ndim == 1 and events.size:
+            t = events["t"]
+            t_first, t_last = int(t[0]), int(t[-1])
+            try:
+                pix: np.ndarray | None = self._pixels(events)
+            except IndexError:
+                pix = None
+            if (
+                pix is not None
+                and 0 <= t_first
+                and t_last <= MAX_T_US
+                and (self.last_t is None or t_first >= self.last_t)
+                and (t.size == 1 or bool((t[1:] >= t[:-1]).all()))
+            ):
+                return pix
+        validate_events(events, self.cfg.sensor, self.last_t)
+        if events.size:  # validate_events and the checks above disagree: a bug, never a bad packet
+            raise AssertionError("FrameBinner.check refused a packet that validate_events accepts")
+        return np.zeros(0, dtype=np.intp)
+
+    def _add(self, events: np.ndarray, pixels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Bin valid, non-empty events that do not go back in time; return the completed frames and
-        their grid indices."""
+        their grid indices. ``pixels``: the events' flat frame indices, if known (:meth:`check`)."""
         cfg, t0 = self.cfg, self.t0
         assert t0 is not None
         t = events["t"]
@@ -192,7 +223,7 @@ class FrameBinner:
         if first == t.size:
             return self._none()
         ev = events[first:]
-        pix = self._pixels(ev)
+        pix = self._pixels(ev) if pixels is None else pixels[first:]
         f, dt = self._acc.size, cfg.dt_us
         k_last = (int(t[-1]) - t0) // dt
         if k_last == self._k_open:

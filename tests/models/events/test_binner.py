@@ -332,3 +332,40 @@ def test_a_binner_state_moved_to_a_fresh_binner_continues_identically():
         assert b.skipped_bins == whole.skipped_bins and b.bins_emitted == whole.bins_emitted
     with pytest.raises(ValueError, match="open-bin counts"):
         b.load_state_dict(FrameBinner(BinnerConfig(SensorSize(8, 8), 10_000)).state_dict())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    t=st.lists(st.integers(-3, 60), min_size=0, max_size=12),
+    x=st.integers(0, 7),
+    y=st.integers(0, 5),
+    p=st.integers(0, 3),
+    last_t=st.one_of(st.none(), st.integers(0, 40)),
+    data=st.data(),
+)
+def test_check_agrees_with_validate_events(t, x, y, p, last_t, data):
+    """FrameBinner.check (the look-up tables as range check) accepts exactly what validate_events
+    accepts, refuses with the same code, and returns each event's flat frame pixel."""
+    from models.events.types import validate_events
+
+    n = len(t)
+    xs = data.draw(st.lists(st.integers(0, x), min_size=n, max_size=n))
+    ys = data.draw(st.lists(st.integers(0, y), min_size=n, max_size=n))
+    ps = data.draw(st.lists(st.integers(0, p), min_size=n, max_size=n))
+    events = make_events(t, xs, ys, ps) if n else ev()
+    b = FrameBinner(CFG)
+    if last_t is not None:  # a stream that has accepted events up to last_t
+        b.push(ev((last_t, 0, 0, 0)))
+    try:
+        validate_events(events, SENSOR, b.last_t)
+        expected = None
+    except EventError as e:
+        expected = e.code
+    if expected is None:
+        pix = b.check(events)
+        want = [p_ * 6 + (y_ // 2) * 3 + x_ // 2 for x_, y_, p_ in zip(xs, ys, ps)]
+        assert pix.tolist() == want
+    else:
+        with pytest.raises(EventError) as info:
+            b.check(events)
+        assert info.value.code == expected
