@@ -19,6 +19,7 @@ import json
 from typing import Any
 
 import numpy as np
+import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from models.events.types import EVENT_BYTES, EVENT_DTYPE, EventError
@@ -99,6 +100,12 @@ class ProtocolError(Exception):
 
     def to_message(self) -> dict[str, Any]:
         return {"type": "error", "code": self.code, "message": self.message, "fatal": self.fatal}
+
+
+def message_text(msg: dict[str, Any]) -> str:
+    """A server message as JSON text. orjson takes a tenth of ``json.dumps``' time, which counts at
+    one prediction per stream and timestep; numpy scalars in a message are written as numbers."""
+    return orjson.dumps(msg, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def encode_packet(events: np.ndarray) -> bytes:

@@ -282,8 +282,9 @@ class Session:
             while sched.queue_len(self.id) >= lim.max_queue_steps:
                 self._check_alive(t0)
                 self._room.clear()
-                try:
-                    await asyncio.wait_for(self._room.wait(), 1.0)
+                try:  # a timeout scope, not wait_for: no task per wait (a busy server waits a lot)
+                    async with asyncio.timeout(1.0):
+                        await self._room.wait()
                 except TimeoutError:
                     pass
         finally:

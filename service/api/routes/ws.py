@@ -38,6 +38,7 @@ from service.protocol import (
     CLOSE_UNKNOWN_MODEL,
     ProtocolError,
     decode_packet,
+    message_text,
     parse_control,
     parse_start,
 )
@@ -412,7 +413,7 @@ async def _send_loop(ws: WebSocket, state: ServiceState, session: Session) -> No
                 await ws.close(msg["code"])
             return
         try:
-            await ws.send_text(json.dumps(msg))
+            await ws.send_text(message_text(msg))
         except Exception:  # noqa: BLE001 - the client went away (any transport error)
             session.abort()  # a receive loop blocked on backpressure must not wait for the stall timeout
             return
