@@ -6,8 +6,9 @@
 * ``asasnn bench rewrites``: what each export rewrite buys on one network's ONNX step, against the
   torch eager step (benchmarks/bench_rewrites.py).
 * ``asasnn bench encoder``: event-binning throughput of FrameBinner (benchmarks/bench_encoder.py).
-* ``asasnn bench service``: end-to-end latency of N streams against a real server
-  (benchmarks/bench_service.py).
+* ``asasnn bench service``: N streams from load-generator processes against a real server: losses,
+  order, latency, server CPU and memory; ``--find-capacity`` bisects the real-time stream count and
+  measures the model alone beside it (benchmarks/bench_service.py, benchmarks/loadgen.py).
 * ``asasnn bench soak``: healthy real-time streams beside a hostile client mix for minutes: lost or
   reordered predictions, their latency, the server's memory over time (benchmarks/bench_soak.py).
 
@@ -51,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     helps = {
         "runtime": "stepwise runtime latency and throughput (ONNX Runtime, torch)",
         "rewrites": "what each export rewrite buys (ONNX step vs torch eager step)",
-        "service": "end-to-end latency of N streams against a real server",
+        "service": "N streams against a real server: losses, latency; --find-capacity",
         "soak": "healthy streams beside a hostile client mix: losses, latency, memory over time",
     }
     for target, text in helps.items():

@@ -410,11 +410,12 @@ def find_capacity(url: str, args: argparse.Namespace, packets: Path, cycle: int,
         wait_idle(url)
         return r["real_time"]
 
-    lo, hi = 0, max(1, args.streams)
+    lo, hi = 0, min(max(1, args.streams), args.max_streams)
     while probe(hi):
-        lo, hi = hi, hi * 2
-        if hi > args.max_streams:
-            break
+        lo = hi
+        if hi >= args.max_streams:
+            return {"streams": lo, "runs": runs, "at_max_streams": True}
+        hi = min(hi * 2, args.max_streams)
     while hi - lo > max(1, lo // 20):
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if probe(mid) else (lo, mid)

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     # server processes on one socket (service/workers.py): each a whole server with its own event loop,
     # engine and sessions; the cores are shared out between them (step_threads, decode_workers)
     workers: int = Field(1, ge=1, le=256)
+    # uvicorn's WebSocket implementation (docs/performance.md, "Capacity", compares them)
+    ws_protocol: Literal["auto", "websockets", "websockets-sansio", "wsproto"] = "auto"
 
     # Models
     model_dir: Path = BUNDLED_MODEL_DIR
@@ -151,6 +153,7 @@ class Settings(BaseSettings):
             "ws_max_queue": 4,
             "ws_ping_interval": None,
             "ws_per_message_deflate": False,
+            "ws": self.ws_protocol,
         }
 
     @classmethod
