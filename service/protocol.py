@@ -23,6 +23,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from models.events.types import EVENT_BYTES, EVENT_DTYPE, EventError
+from service import messages
 from service.schemas import CLIENT_TYPES, PROTOCOL_VERSION, ControlMessage, StartMessage
 
 # close codes (RFC 6455 leaves 4000-4999 to applications; ours mirror HTTP statuses)
@@ -98,8 +99,8 @@ class ProtocolError(Exception):
     def from_event_error(cls, e: EventError) -> ProtocolError:
         return cls(e.code, str(e))
 
-    def to_message(self) -> dict[str, Any]:
-        return {"type": "error", "code": self.code, "message": self.message, "fatal": self.fatal}
+    def to_message(self) -> messages.ErrorMessage:
+        return messages.error(self.code, self.message, self.fatal)
 
 
 def message_text(msg: dict[str, Any]) -> str:

@@ -1,10 +1,9 @@
 """Pydantic messages: the JSON side of protocol v1 (docs/protocol.md) and the REST responses.
 
 Client messages are validated strictly (unknown fields are an error, so a typo is reported instead of
-silently ignored). Server messages on the WebSocket are plain dicts (one per timestep, so they skip
-validation), built in service/results.py (``prediction``, the ``end`` totals), service/session.py
-(warnings, ``reset``) and service/api/routes/ws.py (``ready``, ``end``, errors); their shapes are
-documented in docs/protocol.md.
+silently ignored). Server messages on the WebSocket are typed dicts (one per timestep, so they skip
+validation), all of them built in service/messages.py; their shapes are documented in
+docs/protocol.md.
 """
 
 from __future__ import annotations

@@ -29,10 +29,10 @@ import numpy as np
 from models.events.binner import BinnerConfig, FrameBinner, TimedFrames, split_by_bins
 from models.events.types import EventError
 from models.runtime.readout import Readout
-from service import snapshot
+from service import messages, snapshot
 from service.engine import Engine, ModelWorker
 from service.protocol import ProtocolError
-from service.results import Totals, prediction_message
+from service.results import Totals
 from service.scheduler import StepOutput, StepRequest
 from service.schemas import OutputOptions, ReadoutOptions
 from service.snapshot import Snapshot, SnapshotError
@@ -213,12 +213,11 @@ class Session:
             n_late = b.dropped_events - dropped0
             self.metrics.events_dropped.labels(self.model, "late").inc(n_late)
             self.emit(
-                {
-                    "type": "warning",
-                    "code": "late_events",
-                    "message": f"{n_late} event(s) fell before the open timestep at {start if start is not None else t0} "
+                messages.warning(
+                    "late_events",
+                    f"{n_late} event(s) fell before the open timestep at {start if start is not None else t0} "
                     "us (already flushed or advanced past) and were not counted",
-                }
+                )
             )
 
     def _gap_warning(self, skipped: int) -> None:
@@ -227,13 +226,12 @@ class Session:
         self._m_skipped.inc(skipped)
         cap = self.cfg.binner.max_gap_bins
         self.emit(
-            {
-                "type": "warning",
-                "code": "time_gap",
-                "message": f"stream time jumped without events: {cap} empty timestep(s) run, {skipped} more "
+            messages.warning(
+                "time_gap",
+                f"stream time jumped without events: {cap} empty timestep(s) run, {skipped} more "
                 f"({skipped * self.cfg.binner.dt_us / 1e6:.3f} s) skipped (gap cap {cap})",
-                "skipped_steps": skipped,
-            }
+                skipped_steps=skipped,
+            )
         )
 
     async def advance(self, t_us: int, arrived_at: float | None = None) -> None:
@@ -270,12 +268,11 @@ class Session:
         if not self._warned_backpressure:
             self._warned_backpressure = True
             self.emit(
-                {
-                    "type": "warning",
-                    "code": "backpressure",
-                    "message": f"{sched.queue_len(self.id)} timesteps waiting (limit {lim.max_queue_steps}): the server "
+                messages.warning(
+                    "backpressure",
+                    f"{sched.queue_len(self.id)} timesteps waiting (limit {lim.max_queue_steps}): the server "
                     "stops reading this session until they have run; stream at real-time speed to avoid it",
-                }
+                )
             )
         t0 = time.perf_counter()
         try:
@@ -318,7 +315,7 @@ class Session:
         self._new_epoch()  # before the await: nothing of the old epoch can be counted after this
         dropped = await self.engine.reset(self.model, self.id, self.slot)
         self._drained.set()  # the step in flight (if any) ran before the runner's reset returned
-        self.emit({"type": "reset", "dropped_steps": dropped})
+        self.emit(messages.reset(dropped))
         return dropped
 
     async def finish(self, arrived_at: float | None = None) -> dict[str, Any]:
@@ -385,7 +382,7 @@ class Session:
             child.inc()
             w = self.worker
             neurons = np.asarray(w.neurons, dtype=np.float64)
-            msg = prediction_message(
+            msg = messages.prediction(
                 r, pred.probs, pred.label, self.classes, w.layers, neurons, self.cfg.output, dt
             )
             self.emit(msg, req.arrived_at)
@@ -434,7 +431,7 @@ class Session:
         it for the client: a ``snapshot`` text message, then the snapshot as one binary message."""
         t0 = time.perf_counter()
         data = snapshot.encode(await self.capture(), key)
-        self.emit({"type": "snapshot", "step": self.next_index, "messages": self.messages, "bytes": len(data)})
+        self.emit(messages.snapshot(self.next_index, self.messages, len(data)))
         self.emit(data)
         self.metrics.snapshots.labels(self.model, "taken").inc()
         self.metrics.snapshot_seconds.labels(self.model).observe(time.perf_counter() - t0)

@@ -19,7 +19,7 @@ from typing import Any
 from models.events.binner import BinnerConfig
 from models.events.types import SensorSize
 from models.runtime.bundle import CARD_FILE, WEIGHTS_FILE, ModelCard
-from service import snapshot
+from service import messages, snapshot
 from service.config import Settings
 from service.decoding import DecodeLimits, Decoder
 from service.engine import Engine, ModelWorker
@@ -127,13 +127,12 @@ class ServiceState:
         )
         for s in list(self.streams):
             s.emit(
-                {
-                    "type": "warning",
-                    "code": "draining",
-                    "message": f"this server is shutting down: the session is closed (1012) in {timeout_s:.0f} s at "
-                    "the latest, after its snapshot; reconnect with it (start with resume) to continue where it stopped",
-                    "timeout_s": timeout_s,
-                }
+                messages.warning(
+                    "draining",
+                    f"this server is shutting down: the session is closed (1012) in {timeout_s:.0f} s at the latest, "
+                    "after its snapshot; reconnect with it (start with resume) to continue where it stopped",
+                    timeout_s=timeout_s,
+                )
             )
         if self.streams:
             with contextlib.suppress(TimeoutError):

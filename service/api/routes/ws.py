@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from typing import Any
@@ -22,7 +21,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from models.events.types import EVENT_BYTES
-from service import snapshot
+from service import messages, snapshot
 from service.api.deps import key_problem, presented_key
 from service.logs import fields
 from service.protocol import (
@@ -44,7 +43,6 @@ from service.protocol import (
 )
 from service.registry import ModelNotFound
 from service.schemas import (
-    PROTOCOL_VERSION,
     AdvanceMessage,
     FlushMessage,
     ResetMessage,
@@ -86,7 +84,7 @@ async def _refuse(ws: WebSocket, state: ServiceState, code: str, message: str) -
     state.metrics.sessions_rejected.labels(code).inc()
     log.info("session refused", extra=fields(reason=code, client=_client(ws)))
     with contextlib.suppress(Exception):
-        await ws.send_text(json.dumps({"type": "error", "code": code, "message": message, "fatal": True}))
+        await ws.send_text(message_text(messages.error(code, message, fatal=True)))
         await ws.close(_FATAL_CLOSE.get(code, CLOSE_BAD_START), code)
 
 
@@ -232,13 +230,11 @@ def _emit_ready(state: ServiceState, session: Session, resumed: dict[str, Any] |
     entry, cfg = state.registry.get(session.model), session.cfg
     b = cfg.binner
     session.emit(
-        {
-            "type": "ready",
-            "version": PROTOCOL_VERSION,
-            "session": session.id,
-            "resumed": resumed,
-            "model": state.summary(entry).model_dump(),
-            "binning": {
+        messages.ready(
+            session.id,
+            resumed,
+            model=state.summary(entry).model_dump(),
+            binning={
                 "sensor": {"width": b.sensor.width, "height": b.sensor.height},
                 "dt_us": b.dt_us,
                 "ds": b.ds,
@@ -246,9 +242,9 @@ def _emit_ready(state: ServiceState, session: Session, resumed: dict[str, Any] |
                 "max_gap_steps": b.max_gap_bins,
                 "t_start_us": cfg.t_start_us,
             },
-            "readout": cfg.readout.model_dump(),
-            "output": cfg.output.model_dump(),
-            "limits": {
+            readout=cfg.readout.model_dump(),
+            output=cfg.output.model_dump(),
+            limits={
                 "max_packet_bytes": state.settings.max_packet_bytes,
                 "max_packet_events": state.settings.max_packet_bytes // EVENT_BYTES,
                 "max_events_per_second": state.settings.max_events_per_second,
@@ -257,7 +253,7 @@ def _emit_ready(state: ServiceState, session: Session, resumed: dict[str, Any] |
                 "idle_timeout_s": state.settings.idle_timeout_s,
                 "snapshot_bytes": session.snapshot_bytes(),
             },
-        }
+        )
     )
 
 
@@ -391,7 +387,7 @@ async def _control(state: ServiceState, session: Session, text: str, arrived: fl
         await session.advance(ctl.t_us, arrived)
     elif isinstance(ctl, StopMessage):
         summary = await session.finish(arrived)
-        session.emit({"type": "end", "session": session.id, **summary})
+        session.emit(messages.end(session.id, summary))
         return True
     return False
 
