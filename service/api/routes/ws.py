@@ -22,7 +22,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from models.events.types import EVENT_BYTES
 from service import messages, snapshot
-from service.api.deps import key_problem, presented_key
+from service.api.deps import StateDep, key_problem, presented_key
 from service.logs import fields
 from service.protocol import (
     CLOSE_BAD_START,
@@ -89,8 +89,7 @@ async def _refuse(ws: WebSocket, state: ServiceState, code: str, message: str) -
 
 
 @router.websocket("/ws/infer")
-async def infer(ws: WebSocket) -> None:
-    state: ServiceState = ws.app.state.service
+async def infer(ws: WebSocket, state: StateDep) -> None:
     s = state.settings
     if not origin_allowed(ws, s.allowed_origins):  # a page of another site: refused before the handshake
         state.metrics.sessions_rejected.labels("forbidden_origin").inc()
