@@ -34,7 +34,7 @@ ORT_GPU := import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['too
 # hot loops (Python 3.11 has no sys.monitoring): `make test COV=` runs the suite without it.
 COV ?= --cov=asasnn --cov=models --cov=service --cov=training --cov-report=term
 
-.PHONY: install serve test
+.PHONY: install serve test gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -66,3 +66,8 @@ serve: install
 test: install
 	$(BIN)/ruff check .
 	COVERAGE_FILE=$(VENV)/.coverage $(BIN)/python -m pytest -q $(COV)
+
+# On a machine with an NVIDIA GPU: its own venv (.venv-gpu), `pytest -m cuda`, the runtime benchmark on
+# CUDA, results under OUT (default gpu-check-<date>); see benchmarks/gpu_check.sh and docs/performance.md.
+gpu-check:
+	bash benchmarks/gpu_check.sh $(OUT)

@@ -2,7 +2,7 @@
 
 * ``asasnn bench runtime``: per-step latency (median, p99) and streams/s of the stateful runtime, ONNX
   Runtime and torch, at batch 1/8/32/128, against window recomputation (benchmarks/bench_runtime.py;
-  the results table lives in docs/performance.md).
+  the results table lives in docs/performance.md); ``--device cuda`` on a GPU (benchmarks/gpu_check.sh).
 * ``asasnn bench rewrites``: what each export rewrite buys on one network's ONNX step, against the
   torch eager step (benchmarks/bench_rewrites.py).
 * ``asasnn bench encoder``: event-binning throughput of FrameBinner (benchmarks/bench_encoder.py).

@@ -17,6 +17,14 @@ Latency is the wall time of one ``step(slots, frames)`` call (gather, network, s
 median and 99th percentile over as many calls as fit the time budget; streams/s is batch / median.
 Untrained networks are calibrated so every layer spikes (the dense compute does not depend on it).
 
+``--device cuda`` runs the same cells on the GPU: ONNX Runtime's CUDA execution provider (state tables
+as torch CUDA tensors bound by pointer; left out, with the reason recorded, when this onnxruntime has
+no CUDA provider) and the torch runners on CUDA. Each timed call ends with ``torch.cuda.synchronize()``
+(the step already copies its outputs to the host, so nothing is left queued), and each cell records
+the GPU memory per stream (see :func:`_gpu_bytes`). The window baseline, if not left out, runs on the
+GPU too. The real-time summary names, per model and backend, the largest batch measured whose step
+stays below the model's dt (p99), with the dense-equivalent arithmetic rate there.
+
 Run: ``python benchmarks/bench_runtime.py [--markdown FILE]`` or ``asasnn bench runtime``. Not a test.
 """
 
@@ -53,6 +61,7 @@ class Row:
     min_ms: float
     streams_per_s: float
     calls: int
+    gpu_mib_per_stream: float | None = None  # --device cuda only (see _gpu_bytes)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,11 +86,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip a window cell whose one evaluation is estimated to take longer (default 20)",
     )
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the runners step (default cpu); cuda: ONNX Runtime's CUDA provider and torch on CUDA",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="the device's dense peak in TFLOP/s (e.g. the card's FP16 figure): adds a percent-of-peak column",
+    )
     parser.add_argument("--json", help="write the raw results here")
     parser.add_argument("--markdown", help="write the markdown table here")
 
 
-def _machine() -> dict[str, Any]:
+def _machine(device: str = "cpu") -> dict[str, Any]:
     import numpy
     import onnxruntime
     import torch
@@ -102,7 +122,67 @@ def _machine() -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         "numpy": numpy.__version__,
         "load_avg_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        **(_gpu_info() if device == "cuda" else {}),
     }
+
+
+def _gpu_info() -> dict[str, Any]:
+    import onnxruntime
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "gpu": torch.cuda.get_device_name(0),
+        "gpu_capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
+        "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+        "gpu_multiprocessors": props.multi_processor_count,
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "onnxruntime_providers": onnxruntime.get_available_providers(),
+    }
+
+
+def _dense_mflop(net: Any, frame_shape: tuple[int, ...]) -> float:
+    """Dense-equivalent MFLOP of one step of one stream: 2 x the multiply-adds of every convolution and
+    linear layer of the float network (``b.net``), as if every input were non-zero. The yardstick
+    for the device's dense peak (spikes make the real work sparser)."""
+    import copy
+
+    import torch
+
+    net = copy.deepcopy(net).eval()  # the caller's network stays as it was (BatchNorm statistics too)
+    macs = [0]
+
+    def hook(m: Any, inputs: Any, out: Any) -> None:
+        per_out = m.weight[0].numel()  # in_channels / groups x kernel area, or in_features
+        macs[0] += out.numel() * per_out
+
+    mods = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    handles = [m.register_forward_hook(hook) for m in mods]
+    try:
+        p = next(net.parameters())
+        with torch.inference_mode():
+            net.step(torch.zeros(1, *frame_shape, dtype=p.dtype, device=p.device), net.init_state(1))
+    finally:
+        for h in handles:
+            h.remove()
+    return 2 * macs[0] / 1e6
+
+
+def _gpu_bytes(runner: Any, step: Any, n: int) -> int:
+    """GPU memory that ``n`` streams of ``runner`` take: their state on the device plus the peak of
+    what one step allocates on top of what was there (activations, gathered state, frames), measured
+    with torch's allocator. ONNX Runtime allocates its activations in its own CUDA arena, which torch
+    does not see: for ``onnx`` runners this is the state tables (and torch's part of a step) only."""
+    import torch
+
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    transient = torch.cuda.max_memory_allocated() - base
+    return n * runner.bytes_per_stream() + transient
 
 
 def _bundle(name: str, workdir: Path):
@@ -136,10 +216,18 @@ def _bundle(name: str, workdir: Path):
 SEQUENCE = 16  # frames each stream cycles through (a stream, not one frame repeated)
 
 
-def _stepper(runner: Any, slots: list[int], seq: Any):
-    """A call that steps ``slots`` with the next frame of ``seq`` (cycling)."""
+def _stepper(runner: Any, slots: list[int], seq: Any, sync: Any = None):
+    """A call that steps ``slots`` with the next frame of ``seq`` (cycling); then ``sync()`` if given
+    (``torch.cuda.synchronize`` on a GPU, so that a timed call includes all of its device work)."""
     t = itertools.count()
-    return lambda: runner.step(slots, seq[next(t) % len(seq)])
+    if sync is None:
+        return lambda: runner.step(slots, seq[next(t) % len(seq)])
+
+    def step():
+        runner.step(slots, seq[next(t) % len(seq)])
+        sync()
+
+    return step
 
 
 def _measure(steps: dict[str, Any], window_fn: Any, budget: float) -> dict[str, list[float]]:
@@ -182,6 +270,22 @@ def _measure(steps: dict[str, Any], window_fn: Any, budget: float) -> dict[str, 
     return {k: [x * 1e3 for x in v] for k, v in times.items()}
 
 
+def _ort_runner(graph: Any, b: Any, device: str, threads: int) -> tuple[Any, str | None]:
+    """(runner, None), or on the GPU (None, why) for a graph that cannot run on ONNX Runtime's CUDA
+    provider (its libraries missing, or a silent fall-back to the CPU): the torch rows still run."""
+    from models.runtime.ort_runner import OrtStepRunner
+
+    if device == "cpu":
+        return OrtStepRunner(graph, b.card, b.exact, device, threads=threads), None
+    try:
+        r = OrtStepRunner(graph, b.card, b.exact, device, threads=threads)
+    except Exception as err:  # noqa: BLE001 - recorded with the results
+        return None, f"{type(err).__name__}: {err}"
+    if r.on_cuda and r.device == "cuda":
+        return r, None
+    return None, f"session providers {r.providers}"
+
+
 def _row(model: str, backend: str, batch: int, ms: list[float]) -> Row:
     import numpy as np
 
@@ -208,38 +312,81 @@ def run(
     compile: bool = False,
     window_max_s: float = 20.0,
     log=print,
+    device: str = "cpu",
 ) -> dict[str, Any]:
+    import copy
+
+    import onnxruntime
     import torch
 
     from models.runtime.export import export_onnx, random_frames
-    from models.runtime.ort_runner import OrtStepRunner
     from models.runtime.torch_runner import TorchStepRunner
     from models.runtime.window import TorchWindowEval
 
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    cuda = device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: torch sees no CUDA device (a CPU build of torch, or no GPU)")
+    sync = torch.cuda.synchronize if cuda else None
     torch.set_num_threads(threads)
-    result: dict[str, Any] = {"machine": _machine(), "threads": threads, "rows": [], "models": {}}
+    result: dict[str, Any] = {
+        "machine": _machine(device),
+        "device": device,
+        "threads": threads,
+        "rows": [],
+        "models": {},
+        "notes": [],
+    }
+    if cuda and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        left = [k for k in backends if k in ("onnx", "onnx-float")]
+        if left:
+            note = (
+                f"ONNX Runtime rows ({', '.join(left)}) left out: this onnxruntime "
+                f"{onnxruntime.__version__} has no CUDAExecutionProvider (install onnxruntime-gpu)"
+            )
+            log(note)
+            result["notes"].append(note)
+            backends = tuple(k for k in backends if k not in left)
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
             label, b = _bundle(name, Path(tmp))
             T = b.card.timesteps
-            result["models"][label] = {"timesteps": T, "bytes_per_stream": {}}
+            result["models"][label] = {
+                "timesteps": T,
+                "dt_ms": b.card.dt_us / 1e3,
+                "dense_mflop_per_step": _dense_mflop(b.net, b.card.frame_shape),
+                "bytes_per_stream": {},
+            }
             runners: dict[str, Any] = {}
-            if "onnx" in backends:
-                runners["onnx"] = OrtStepRunner(b.onnx_path, b.card, b.exact, "cpu", threads=threads)
-            if "onnx-float" in backends:  # the float32 arithmetic exactness replaced
-                graph = export_onnx(b.net, "step")
-                runners["onnx float32"] = OrtStepRunner(graph, b.card, b.exact, "cpu", threads=threads)
+            graphs = {"onnx": "onnx", "onnx float32": "onnx-float"}
+            for key, backend in graphs.items():
+                if backend not in backends:
+                    continue
+                # onnx-float: the float32 arithmetic exactness replaced
+                graph = b.onnx_path if backend == "onnx" else export_onnx(b.net, "step")
+                r, why = _ort_runner(graph, b, device, threads)
+                if r is not None:
+                    runners[key] = r
+                else:
+                    note = f"{label} {key}: not on ONNX Runtime's CUDA provider ({why}); row left out"
+                    log(note)
+                    result["notes"].append(note)
             if "torch" in backends:
-                runners["torch eager"] = TorchStepRunner(b.exact, b.card, "cpu")
+                runners["torch eager"] = TorchStepRunner(b.exact, b.card, device)
             if "torch-rewritten" in backends:
-                runners["torch rewritten"] = TorchStepRunner(b.exact, b.card, "cpu", rewrite=True)
+                runners["torch rewritten"] = TorchStepRunner(b.exact, b.card, device, rewrite=True)
             if compile:
-                runners["torch.compile"] = TorchStepRunner(b.exact, b.card, "cpu", compile=True)
+                runners["torch.compile"] = TorchStepRunner(b.exact, b.card, device, compile=True)
+            for key, r in runners.items():
+                if r.device != device:  # a runner that fell back silently would measure the wrong thing
+                    raise RuntimeError(f"{label} {key}: runner on {r.device!r}, asked for {device!r}")
             last_window: tuple[int, float] | None = None  # (batch, seconds per evaluation)
             for n in batches:
                 seq = random_frames(SEQUENCE, n, b.card.frame_shape, seed=n)
                 opened = {key: [r.open() for _ in range(n)] for key, r in runners.items()}
-                steps = {key: _stepper(r, opened[key], seq) for key, r in runners.items()}
+                steps = {key: _stepper(r, opened[key], seq, sync) for key, r in runners.items()}
+                gpu_bytes = {key: _gpu_bytes(r, steps[key], n) for key, r in runners.items()} if cuda else {}
                 window_fn = None
                 if window and last_window and last_window[1] * n / last_window[0] > window_max_s:
                     est = last_window[1] * n / last_window[0]
@@ -247,8 +394,8 @@ def run(
                         f"{label:>40} {'window':>14} batch {n:>4}: skipped (about {est:.0f} s per evaluation)"
                     )
                     result["skipped"] = result.get("skipped", []) + [[label, n, est]]
-                elif window:
-                    ev = TorchWindowEval(b.exact, "cpu")
+                elif window:  # (TorchWindowEval moves the network it is given: a copy on the GPU)
+                    ev = TorchWindowEval(copy.deepcopy(b.exact) if cuda else b.exact, device)
                     win = random_frames(T, n, b.card.frame_shape, seed=n)
                     window_fn = lambda ev=ev, win=win: ev(win)
                 times = _measure(steps, window_fn, budget)
@@ -258,6 +405,8 @@ def run(
                     result["models"][label]["bytes_per_stream"][key] = r.bytes_per_stream()
                 for key, ms in times.items():
                     row = _row(label, f"window (T={T})" if key == "window" else key, n, ms)
+                    if key in gpu_bytes:
+                        row.gpu_mib_per_stream = gpu_bytes[key] / n / 2**20
                     if key == "window":
                         last_window = (n, row.median_ms / 1e3)
                     result["rows"].append(asdict(row))
@@ -267,26 +416,90 @@ def run(
                         f"{row.streams_per_s:10.1f} streams/s  ({row.calls} calls)"
                     )
             del runners
+            if cuda:
+                torch.cuda.empty_cache()
     result["machine"]["load_avg_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    if cuda and any(k.startswith("onnx") for k in {r["backend"] for r in result["rows"]}):
+        result["notes"].append(
+            "GPU MiB / stream of onnx rows: the state tables and torch's part of a step only; "
+            "ONNX Runtime's own CUDA arena (its activations) is not visible to torch's allocator."
+        )
+    result["realtime"] = realtime_summary(result)
     return result
 
 
-def format_markdown(result: dict[str, Any]) -> str:
+def realtime_summary(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per model and step backend: the step at batch 1 and the largest batch measured whose p99 step
+    stays below the model's dt (so that many streams, stepped together, keep real time on this
+    device: a lower bound, between this batch and the next one measured), with its dense-equivalent
+    GFLOP/s."""
+    out = []
+    for model, info in result["models"].items():
+        dt = info.get("dt_ms")
+        backends = dict.fromkeys(
+            r["backend"] for r in result["rows"] if r["model"] == model and not r["backend"].startswith("window")
+        )
+        for backend in backends:
+            rows = sorted(
+                (r for r in result["rows"] if r["model"] == model and r["backend"] == backend),
+                key=lambda r: r["batch"],
+            )
+            first = rows[0]
+            under = [r for r in rows if dt is not None and r["p99_ms"] < dt]
+            best = max(under, key=lambda r: r["batch"]) if under else None
+            mflop = info.get("dense_mflop_per_step")
+            out.append(
+                {
+                    "model": model,
+                    "backend": backend,
+                    "dt_ms": dt,
+                    "batch1_median_ms": first["median_ms"] if first["batch"] == 1 else None,
+                    "largest_batch_p99_below_dt": best["batch"] if best else None,
+                    "largest_batch_measured": rows[-1]["batch"],
+                    "median_ms": best["median_ms"] if best else None,
+                    "p99_ms": best["p99_ms"] if best else None,
+                    "streams_per_s": best["streams_per_s"] if best else None,
+                    "dense_gflop_per_s": (
+                        mflop * best["streams_per_s"] / 1e3 if best and mflop is not None else None
+                    ),
+                    "gpu_mib_per_stream": best.get("gpu_mib_per_stream") if best else None,
+                }
+            )
+    return out
+
+
+def _mib(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}" if v < 1 else f"{v:.1f}"
+
+
+def format_markdown(result: dict[str, Any], peak_tflops: float | None = None) -> str:
     m = result["machine"]
+    cuda = result.get("device") == "cuda"
     lines = [
         (
             f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, torch {m['torch']}, "
             f"onnxruntime {m['onnxruntime']}; {result['threads']} threads per backend; load average "
             f"{m['load_avg_at_start']:.2f} at start, {m['load_avg_at_end']:.2f} at end."
         ),
+    ]
+    if cuda:
+        lines.append(
+            f"GPU: {m['gpu']} (compute capability {m['gpu_capability']}, {m['gpu_memory_gib']} GiB, "
+            f"{m['gpu_multiprocessors']} multiprocessors); torch CUDA {m['torch_cuda']}, cuDNN {m['cudnn']}; "
+            f"ONNX Runtime providers: {', '.join(m['onnxruntime_providers'])}. Every cell steps on the GPU "
+            "(frames in from host memory, outputs back to it, each call synchronised)."
+        )
+    lines += [
         "",
-        "| model | backend | batch | median ms / step | p99 ms / step | min ms / step | streams / s | calls |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | backend | batch | median ms / step | p99 ms / step | min ms / step | streams / s | calls |"
+        + (" GPU MiB / stream |" if cuda else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if cuda else ""),
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['model']} | {r['backend']} | {r['batch']} | {r['median_ms']:.3f} | {r['p99_ms']:.3f} | "
             f"{r['min_ms']:.3f} | {r['streams_per_s']:.0f} | {r['calls']} |"
+            + (f" {_mib(r.get('gpu_mib_per_stream'))} |" if cuda else "")
         )
     lines += [
         "",
@@ -322,9 +535,65 @@ def format_markdown(result: dict[str, Any]) -> str:
             + ", ".join(f"{key} {v / 1024:.1f} KiB" for key, v in info["bytes_per_stream"].items())
             for model, info in result["models"].items()
         )
-        + " (the ONNX Runtime host runner keeps two copies of the state).",
+        + (
+            " (state only: ONNX Runtime's GPU runner keeps one copy of it)."
+            if cuda
+            else " (the ONNX Runtime host runner keeps two copies of the state)."
+        ),
     ]
+    lines += _format_realtime(result, peak_tflops)
+    lines += [f"\nNote: {n}" for n in result.get("notes", [])]
     return "\n".join(lines) + "\n"
+
+
+def _format_realtime(result: dict[str, Any], peak_tflops: float | None) -> list[str]:
+    summary = result.get("realtime") or realtime_summary(result)
+    if not summary:
+        return []
+    cuda = result.get("device") == "cuda"
+    where = "this GPU" if cuda else "this machine"
+    head = (
+        "| model | backend | dt ms | batch 1 median ms | largest batch with p99 < dt | median / p99 ms there "
+        "| streams / s there | dense GFLOP/s there |"
+    )
+    rule = "|---|---|---:|---:|---:|---:|---:|---:|"
+    if cuda:
+        head, rule = head + " GPU MiB / stream there |", rule + "---:|"
+    if peak_tflops:
+        head, rule = head + f" % of {peak_tflops:g} TFLOP/s |", rule + "---:|"
+    lines = [
+        "",
+        (
+            f"Real time on {where}: the largest batch measured whose step stays below the model's dt "
+            "(p99), i.e. how many streams one step can carry in real time (step only, no service; the "
+            "true limit lies between this batch and the next one measured). Dense GFLOP/s counts every "
+            "convolution and linear layer as dense (2 x multiply-adds of the float network), the "
+            "yardstick for a device's dense peak."
+        ),
+        "",
+        head,
+        rule,
+    ]
+    for s in summary:
+        best = s["largest_batch_p99_below_dt"]
+        b1 = s["batch1_median_ms"]
+        cells = [
+            s["model"],
+            s["backend"],
+            f"{s['dt_ms']:g}" if s["dt_ms"] is not None else "-",
+            f"{b1:.3f}" if b1 is not None else "-",
+            (f"{best} (all measured)" if best == s["largest_batch_measured"] else str(best)) if best else "none",
+            f"{s['median_ms']:.3f} / {s['p99_ms']:.3f}" if best else "-",
+            f"{s['streams_per_s']:.0f}" if best else "-",
+            f"{s['dense_gflop_per_s']:.1f}" if s["dense_gflop_per_s"] is not None else "-",
+        ]
+        if cuda:
+            cells.append(_mib(s["gpu_mib_per_stream"]))
+        if peak_tflops:
+            g = s["dense_gflop_per_s"]
+            cells.append(f"{100 * g / (peak_tflops * 1e3):.3f}" if g is not None else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(args: argparse.Namespace | None = None) -> int:
@@ -341,8 +610,9 @@ def main(args: argparse.Namespace | None = None) -> int:
         window=not args.no_window,
         compile=args.compile,
         window_max_s=args.window_max_s,
+        device=getattr(args, "device", "cpu"),
     )
-    text = format_markdown(result)
+    text = format_markdown(result, getattr(args, "peak_tflops", None))
     print()
     print(text)
     if args.json:
