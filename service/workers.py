@@ -39,7 +39,7 @@ from service.config import Settings
 
 log = logging.getLogger("asasnn.workers")
 
-START_GRACE_S = 300.0  # a worker that exits with an error this soon after its start could not start
+START_GRACE_S = 300.0  # a worker that exits with status 3 this soon after its start could not start
 
 
 def serve_workers(settings: Settings) -> int:
@@ -92,7 +92,7 @@ def serve_workers(settings: Settings) -> int:
                 del procs[i]
                 if signals:
                     continue
-                if p.exitcode and time.monotonic() - started_at[i] < START_GRACE_S and p.exitcode == 3:
+                if p.exitcode == 3 and time.monotonic() - started_at[i] < START_GRACE_S:
                     log.error("worker %d could not start (exit status %s): stopping", i, p.exitcode)
                     status = 3
                     on_signal(signal.SIGTERM, None)

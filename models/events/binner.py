@@ -221,7 +221,7 @@ class FrameBinner:
         first = int(np.searchsorted(t, t0 + self._k_open * cfg.dt_us, side="left"))
         self.dropped_events += first
         if first == t.size:
-            return self._none()
+            return self._empty()
         ev = events[first:]
         pix = self._pixels(ev) if pixels is None else pixels[first:]
         f, dt = self._acc.size, cfg.dt_us
@@ -229,7 +229,7 @@ class FrameBinner:
         if k_last == self._k_open:
             # The common live case, a packet shorter than a bin: it only adds to the open bin.
             self._accumulate(pix)
-            return self._none()
+            return self._empty()
         end = t0 + (self._k_open + 1) * dt
         if k_last == self._k_open + 1 and (self._acc_n or int(t[first]) < end):
             # The other common live case: the packet completes the open bin (holding events, so no gap
@@ -358,9 +358,6 @@ class FrameBinner:
         pix += self._lut_x.take(ev["x"])
         pix += self._lut_p.take(ev["p"])
         return pix
-
-    def _none(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._no_frames
 
     def _empty(self) -> TimedFrames:
         return self._no_frames

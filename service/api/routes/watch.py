@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 
 from fastapi import APIRouter, WebSocket
 
+from service import messages
 from service.api.deps import key_problem, presented_key
 from service.api.routes.ws import origin_allowed
-from service.protocol import CLOSE_FORBIDDEN, CLOSE_NORMAL, CLOSE_TOO_MANY, CLOSE_UNAUTHORIZED
+from service.protocol import CLOSE_FORBIDDEN, CLOSE_NORMAL, CLOSE_TOO_MANY, CLOSE_UNAUTHORIZED, message_text
 from service.state import ServiceState
 from service.watch import (
     CLOSE_READ_ONLY,
@@ -42,7 +42,7 @@ async def _close(ws: WebSocket, code: str | None, message: str, close_code: int)
     with contextlib.suppress(Exception):
         async with asyncio.timeout(_CLOSE_WAIT_S):
             if code is not None:
-                await ws.send_text(json.dumps({"type": "error", "code": code, "message": message, "fatal": True}))
+                await ws.send_text(message_text(messages.error(code, message, fatal=True)))
             await ws.close(close_code, (code or "")[:100])
 
 
