@@ -10,12 +10,20 @@ For each model (the bundled default, else the ``tiny`` preset with causal ASA; a
 * ``torch-rewritten``: the same runner on the export's rewritten network (``rewrite=True``), which
   separates what the rewrites buy from what ONNX Runtime itself buys;
 * ``torch.compile`` (``--compile``): the same runner with ``torch.compile``;
+* ``event``: :class:`EventStepRunner`, the event-driven CPU runner (scatter over the spikes where the
+  input is sparse, a dense product where it is not, per layer against crossovers measured at the
+  start of the run; one thread). Its rows also report the work done: synaptic accumulations
+  executed per stream and step next to the energy proxy's SOPs;
 * ``window``: baseline a, re-running the whole T-window multi-step network (torch, eager) for every
   new timestep, which is what a runtime without carried state has to do.
 
 Latency is the wall time of one ``step(slots, frames)`` call (gather, network, scatter, outputs),
 median and 99th percentile over as many calls as fit the time budget; streams/s is batch / median.
 Untrained networks are calibrated so every layer spikes (the dense compute does not depend on it).
+The frames (``--frames``) are synthetic gestures of the test split binned by the training-side
+encoder at the model's sensor, dt and ds (the default: the event-driven runner's speed depends on
+the events), or random Poisson frames (``random``, much denser than a DVS stream). A bundled
+``gesture3`` (models/bundled/gesture3) is used when present, else an untrained calibrated one.
 
 ``--device cuda`` runs the same cells on the GPU: ONNX Runtime's CUDA execution provider (state tables
 as torch CUDA tensors bound by pointer; left out, with the reason recorded, when this onnxruntime has
@@ -62,6 +70,10 @@ class Row:
     streams_per_s: float
     calls: int
     gpu_mib_per_stream: float | None = None  # --device cuda only (see _gpu_bytes)
+    ops_per_stream_step: float | None = None  # event rows: accumulations executed on spikes (layers 2..L)
+    first_ops_per_stream_step: float | None = None  # event rows: accumulations of layer 1 (on event counts)
+    sops_per_stream_step: float | None = None  # event rows: the energy proxy's SOPs
+    dense_share: float | None = None  # event rows: share of layer-steps that ran the dense product
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,8 +83,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backends",
-        default="onnx,onnx-float,torch,torch-rewritten",
-        help="comma list: onnx, onnx-float, torch, torch-rewritten",
+        default="onnx,onnx-float,torch,torch-rewritten,event",
+        help="comma list: onnx, onnx-float, torch, torch-rewritten, event",
+    )
+    parser.add_argument(
+        "--frames",
+        choices=("gesture", "random"),
+        default="gesture",
+        help="input frames: synthetic test gestures binned by the encoder (default) or random Poisson frames",
     )
     parser.add_argument(
         "--threads", type=int, default=2, help="threads for ONNX Runtime and torch (default 2)"
@@ -198,6 +216,11 @@ def _bundle(name: str, workdir: Path):
             f"bundled default ({b.card.config['name']}, {b.card.attention}, 2x{h}x{w}, T={b.card.timesteps})",
             b,
         )
+    bundled = REPO / "models" / "bundled" / name
+    if name != "default" and (bundled / "card.json").exists():
+        b = load_bundle(bundled)
+        h, w = b.card.frame_shape[1:]
+        return f"bundled {name} ({b.card.config['name']}, {b.card.attention}, 2x{h}x{w}, T={b.card.timesteps})", b
     preset_name = "tiny" if name == "default" else name
     net = untrained_network(preset_name)
     cfg = net.cfg
@@ -214,6 +237,58 @@ def _bundle(name: str, workdir: Path):
 
 
 SEQUENCE = 16  # frames each stream cycles through (a stream, not one frame repeated)
+GESTURE_START = 20  # the sequence starts this many bins into a gesture (its motion well under way)
+
+
+def gesture_frames(card: Any, n: int, seed: int) -> Any:
+    """``[SEQUENCE, n, 2, H, W]``: stream i sees a synthetic test gesture (one of 16, chosen by i and
+    ``seed``) binned by the training-side encoder at the card's sensor, dt and ds."""
+    import numpy as np
+
+    from models.events.binner import BinnerConfig, encode_events
+    from models.events.types import SensorSize
+    from models.synthetic import SyntheticConfig, generate, sample_list
+
+    cfg = SyntheticConfig()
+    samples = sample_list(cfg, "test")
+    binner = BinnerConfig(SensorSize(card.sensor.width, card.sensor.height), card.dt_us, card.ds)
+    made: dict[int, Any] = {}
+    out = np.zeros((SEQUENCE, n, *card.frame_shape), np.float32)
+    for i in range(n):
+        k = (seed + 7 * i) % 16
+        if k not in made:
+            ev = generate(samples[(k * 11) % len(samples)], cfg)
+            made[k] = encode_events(ev, binner, num_bins=GESTURE_START + SEQUENCE)[GESTURE_START:]
+        out[:, i] = made[k]
+    return out
+
+
+def runners_energy_macs(b: Any) -> int:
+    """Multiply-adds of the first layer per stream and step, dense (the energy model's figure)."""
+    from models.instrument import EnergyModel
+
+    return int(EnergyModel.from_network(b.exact).first_layer_macs)
+
+
+def _event_work(runner: Any, seq: Any) -> tuple[float, float, float, float]:
+    """One pass of ``seq`` through fresh slots of the event runner, per stream and step: the
+    accumulations executed on spikes (layers 2..L) and in layer 1, the SOPs, and the share of
+    layer-steps that ran dense."""
+    import numpy as np
+
+    n = seq.shape[1]
+    slots = [runner.open() for _ in range(n)]
+    ops = first = sops = dense = 0.0
+    for f in seq:
+        res = runner.step(slots, f)
+        ops += float(runner.last_ops[:, 1:].sum())
+        first += float(runner.last_ops[:, 0].sum())
+        sops += float(np.asarray(res.sops, np.float64).sum())
+        dense += float(np.mean(runner.last_dense))
+    for s in slots:
+        runner.close(s)
+    steps = len(seq) * n
+    return ops / steps, first / steps, sops / steps, dense / len(seq)
 
 
 def _stepper(runner: Any, slots: list[int], seq: Any, sync: Any = None):
@@ -305,7 +380,7 @@ def _row(model: str, backend: str, batch: int, ms: list[float]) -> Row:
 def run(
     models: tuple[str, ...] = ("default", "gesture3"),
     batches: tuple[int, ...] = (1, 8, 32, 128),
-    backends: tuple[str, ...] = ("onnx", "onnx-float", "torch", "torch-rewritten"),
+    backends: tuple[str, ...] = ("onnx", "onnx-float", "torch", "torch-rewritten", "event"),
     threads: int = 2,
     budget: float = 2.0,
     window: bool = True,
@@ -313,6 +388,7 @@ def run(
     window_max_s: float = 20.0,
     log=print,
     device: str = "cpu",
+    frames: str = "gesture",
 ) -> dict[str, Any]:
     import copy
 
@@ -334,6 +410,7 @@ def run(
         "machine": _machine(device),
         "device": device,
         "threads": threads,
+        "frames": frames,
         "rows": [],
         "models": {},
         "notes": [],
@@ -378,12 +455,33 @@ def run(
                 runners["torch rewritten"] = TorchStepRunner(b.exact, b.card, device, rewrite=True)
             if compile:
                 runners["torch.compile"] = TorchStepRunner(b.exact, b.card, device, compile=True)
+            if "event" in backends and cuda:
+                note = f"{label} event: the event-driven runner runs on the CPU; row left out"
+                log(note)
+                result["notes"].append(note)
+            elif "event" in backends:
+                from models.runtime.event import EventStepRunner
+
+                result["models"][label]["event_crossovers"] = {}
+                result["models"][label]["first_layer_macs"] = runners_energy_macs(b)
+                runners["event"] = EventStepRunner(b.exact, b.card)
             for key, r in runners.items():
                 if r.device != device:  # a runner that fell back silently would measure the wrong thing
                     raise RuntimeError(f"{label} {key}: runner on {r.device!r}, asked for {device!r}")
             last_window: tuple[int, float] | None = None  # (batch, seconds per evaluation)
             for n in batches:
-                seq = random_frames(SEQUENCE, n, b.card.frame_shape, seed=n)
+                if frames == "gesture":
+                    seq = gesture_frames(b.card, n, seed=n)
+                else:
+                    seq = random_frames(SEQUENCE, n, b.card.frame_shape, seed=n)
+                work = None
+                if "event" in runners:  # crossovers for this batch size, then the work it does
+                    from models.runtime.event import measure_crossovers
+
+                    ev = runners["event"].event
+                    ev.crossovers = measure_crossovers(ev, batch=min(n, 32))
+                    result["models"][label]["event_crossovers"][str(n)] = dict(zip(b.exact.layer_names, ev.crossovers))
+                    work = _event_work(runners["event"], seq)
                 opened = {key: [r.open() for _ in range(n)] for key, r in runners.items()}
                 steps = {key: _stepper(r, opened[key], seq, sync) for key, r in runners.items()}
                 gpu_bytes = {key: _gpu_bytes(r, steps[key], n) for key, r in runners.items()} if cuda else {}
@@ -407,6 +505,13 @@ def run(
                     row = _row(label, f"window (T={T})" if key == "window" else key, n, ms)
                     if key in gpu_bytes:
                         row.gpu_mib_per_stream = gpu_bytes[key] / n / 2**20
+                    if key == "event" and work is not None:
+                        (
+                            row.ops_per_stream_step,
+                            row.first_ops_per_stream_step,
+                            row.sops_per_stream_step,
+                            row.dense_share,
+                        ) = work
                     if key == "window":
                         last_window = (n, row.median_ms / 1e3)
                     result["rows"].append(asdict(row))
@@ -541,9 +646,63 @@ def format_markdown(result: dict[str, Any], peak_tflops: float | None = None) ->
             else " (the ONNX Runtime host runner keeps two copies of the state)."
         ),
     ]
+    lines += _format_event(result)
     lines += _format_realtime(result, peak_tflops)
     lines += [f"\nNote: {n}" for n in result.get("notes", [])]
     return "\n".join(lines) + "\n"
+
+
+def _format_event(result: dict[str, Any]) -> list[str]:
+    """The event-driven runner against the dense ONNX step, and the work it did against the SOPs."""
+    rows = [r for r in result["rows"] if r["backend"] == "event"]
+    if not rows:
+        return []
+    by = {(r["model"], r["backend"], r["batch"]): r["median_ms"] for r in result["rows"]}
+    lines = [
+        "",
+        (
+            f"Event-driven ({result.get('frames', 'random')} frames): median step against the dense ONNX "
+            "step of the same run. Work per stream and step: accumulations executed on spikes (layers "
+            "2..L; a layer that ran dense counts all of its multiply-adds) against the energy proxy's "
+            "SOPs (spikes x fan-out of the network as trained, a 3x3 convolution before its pool: the "
+            "scatter into a folded 4x4 stride-2 kernel does 4 instead of 9 accumulations per spike "
+            "and output channel), and layer 1's accumulations on the event counts against its dense "
+            "multiply-adds. Dense share: layer-steps that took the dense product because their input "
+            "was denser than the crossover."
+        ),
+        "",
+        (
+            "| model | batch | event ms | onnx ms | onnx / event | ops on spikes | SOPs | ops / SOPs "
+            "| layer-1 ops | layer-1 dense MACs | dense share |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        onnx = by.get((r["model"], "onnx", r["batch"]))
+        ops, sops = r.get("ops_per_stream_step"), r.get("sops_per_stream_step")
+        first, macs = r.get("first_ops_per_stream_step"), result["models"][r["model"]].get("first_layer_macs")
+        cells = [
+            r["model"],
+            str(r["batch"]),
+            f"{r['median_ms']:.3f}",
+            f"{onnx:.3f}" if onnx else "-",
+            f"{onnx / r['median_ms']:.2f}x" if onnx else "-",
+            f"{ops:,.0f}" if ops is not None else "-",
+            f"{sops:,.0f}" if sops is not None else "-",
+            f"{ops / sops:.2f}" if ops is not None and sops else "-",
+            f"{first:,.0f}" if first is not None else "-",
+            f"{macs:,}" if macs else "-",
+            f"{r.get('dense_share') or 0:.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    for model, info in result["models"].items():
+        for batch, cross in info.get("event_crossovers", {}).items():
+            cells = ", ".join(f"{k} {v:g}" for k, v in cross.items())
+            lines.append(
+                f"\nCrossovers of {model} at batch {batch} (input density above which the dense product "
+                f"was faster, measured at the start of the cell; 1: the scatter always was): {cells}."
+            )
+    return lines
 
 
 def _format_realtime(result: dict[str, Any], peak_tflops: float | None) -> list[str]:
@@ -611,6 +770,7 @@ def main(args: argparse.Namespace | None = None) -> int:
         compile=args.compile,
         window_max_s=args.window_max_s,
         device=getattr(args, "device", "cpu"),
+        frames=getattr(args, "frames", "gesture"),
     )
     text = format_markdown(result, getattr(args, "peak_tflops", None))
     print()

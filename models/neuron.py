@@ -106,8 +106,10 @@ def lif_multistep(
     """Run :func:`lif_step` over the leading time axis of ``x`` ([T, B, ...])."""
     h = torch.zeros_like(x[0]) if h is None else h
     spikes, us = [], []
-    for t in range(x.shape[0]):
-        s, h, u = lif_step(x[t], h, p, beta)
+    # unbind, not x[t]: the backward of T selects writes T full-size zero gradients (O(T^2) memory
+    # traffic, 30 % of a gesture3 training step at T=60); unbind's backward stacks them once.
+    for xt in x.unbind(0):
+        s, h, u = lif_step(xt, h, p, beta)
         spikes.append(s)
         if keep_u:
             us.append(u)

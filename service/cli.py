@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="where the models run (default auto)")
     p.add_argument(
         "--backend",
-        choices=["auto", "torch", "onnx"],
+        choices=["auto", "torch", "onnx", "event"],
         help="step runner backend (default auto: ONNX Runtime when the bundle has its graph)",
     )
     p.add_argument(

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     model_dir: Path = BUNDLED_MODEL_DIR
     default_model: str | None = None  # None: "default" if present, else the first bundle by name
     device: Literal["cpu", "cuda", "auto"] = "auto"
-    backend: Literal["auto", "torch", "onnx"] = "auto"  # auto: onnx when installed and in the bundle
+    backend: Literal["auto", "torch", "onnx", "event"] = "auto"  # auto: onnx when installed and in the bundle
     # torch backend: run the export's inference rewrites (pool folding, fused causal ASA) in PyTorch
     torch_rewrite: bool = False
     max_batch: int = Field(64, ge=1, le=4096)  # steps per model call (one per session)

@@ -12,6 +12,7 @@ so nothing outside the model directory is ever read.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -151,7 +152,11 @@ def is_bundle(d: Path) -> bool:
 
 def resolve_backend(backend: str, path: Path) -> tuple[str, str]:
     """The backend for a bundle and why: ``auto`` picks ONNX Runtime when it is installed and the
-    bundle has its graph (faster on a CPU, docs/performance.md), else PyTorch."""
+    bundle has its graph (faster on a CPU, docs/performance.md), else PyTorch. ``event`` serves
+    step-mode bundles; a window-mode bundle (which needs the whole window) falls back to ``auto``."""
+    if backend == "event" and _card_mode(path) == "window":
+        chosen, why = resolve_backend("auto", path)
+        return chosen, f"event asked for, but the bundle is window-mode; {why}"
     if backend != "auto":
         return backend, "asked for"
     if importlib.util.find_spec("onnxruntime") is None:
@@ -159,6 +164,13 @@ def resolve_backend(backend: str, path: Path) -> tuple[str, str]:
     if not any((path / f).is_file() for f in ONNX_FILES.values()):
         return "torch", "auto: the bundle has no ONNX graph"
     return "onnx", "auto: onnxruntime installed and the bundle has its graph"
+
+
+def _card_mode(path: Path) -> str | None:
+    try:
+        return json.loads((path / CARD_FILE).read_text()).get("mode")
+    except (OSError, ValueError, AttributeError):
+        return None  # the loader reports a broken card
 
 
 def _safe_name(name: str) -> str:

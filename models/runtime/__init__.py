@@ -1,9 +1,9 @@
 """The stateful stepwise runtime: model bundles, export, step runners (PyTorch, ONNX Runtime), readout.
 
-See docs/bundle.md. The usual entry points::
+See docs/bundle.md; the event-driven CPU runner (``backend="event"``): models/runtime/event.py. The usual entry points::
 
     from models.runtime import load_runner, Readout
-    runner = load_runner(bundle_dir, backend="onnx")   # or "torch"; device "auto" | "cpu" | "cuda"
+    runner = load_runner(bundle_dir, backend="onnx")   # or "torch", "event"; device "auto" | "cpu" | "cuda"
     slot = runner.open()
     res = runner.step([slot], frames)                  # StepResult(out, counts, sops, energy_j, evaluated)
 

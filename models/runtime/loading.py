@@ -27,15 +27,24 @@ def load_runner(
     interface. ``capacity``: initial slots (the table grows); ``threads``: ONNX Runtime intra-op
     threads (default: all cores); ``compile``: ``torch.compile`` and ``rewrite``: the export's
     inference rewrites (torch backend, step mode; see :class:`TorchStepRunner`); ``hop``: window
-    mode, evaluate every ``hop`` steps (default: the card's)."""
-    if backend not in ("torch", "onnx"):
-        raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+    mode, evaluate every ``hop`` steps (default: the card's). ``backend="event"``: the event-driven CPU
+    runner (:class:`~models.runtime.event.EventStepRunner`, step-mode bundles only)."""
+    if backend not in ("torch", "onnx", "event"):
+        raise ValueError(f"backend must be 'torch', 'onnx' or 'event', got {backend!r}")
     if isinstance(bundle_dir, Bundle):
         bundle = bundle_dir
     else:
         bundle = load_bundle(bundle_dir, check_graph=backend == "onnx")
     if bundle.card.mode == "window":
+        if backend == "event":
+            raise ValueError("the event backend runs step-mode bundles; a window-mode bundle needs torch or onnx")
         return WindowRunner.from_bundle(bundle, backend, device, capacity=capacity, threads=threads, hop=hop)
+    if backend == "event":
+        from models.runtime.event import EventStepRunner  # numba: imported only when used
+
+        if device == "cuda":
+            raise ValueError("the event backend runs on the CPU")
+        return EventStepRunner(bundle.exact, bundle.card, capacity)
     if backend == "torch":
         return TorchStepRunner(bundle.exact, bundle.card, device, capacity, compile=compile, rewrite=rewrite)
     return OrtStepRunner(bundle.onnx_path, bundle.card, bundle.exact, device, capacity, threads=threads)

@@ -34,7 +34,7 @@ from models.instrument import EnergyModel
 from models.network import SpikingNet
 from models.runtime.bundle import ModelCard
 
-Backend = Literal["torch", "onnx"]
+Backend = Literal["torch", "onnx", "event"]
 Device = Literal["cpu", "cuda", "auto"]
 
 

@@ -14,13 +14,17 @@ def test_bench_runtime_runs_every_backend():
         models=("tiny",), batches=(1, 3), threads=1, budget=0.2, window=True, log=lambda *a: None
     )
     rows = {(r["backend"].split(" (")[0], r["batch"]) for r in result["rows"]}
-    for backend in ("onnx", "onnx float32", "torch eager", "torch rewritten", "window"):
+    for backend in ("onnx", "onnx float32", "torch eager", "torch rewritten", "window", "event"):
         assert {(backend, 1), (backend, 3)} <= rows
     assert all(r["median_ms"] > 0 and math.isfinite(r["p99_ms"]) for r in result["rows"])
     (info,) = result["models"].values()
     assert info["bytes_per_stream"]["onnx"] == 2 * info["bytes_per_stream"]["torch eager"]
+    assert set(info["event_crossovers"]) == {"1", "3"}
+    event = [r for r in result["rows"] if r["backend"] == "event"]
+    assert all(r["ops_per_stream_step"] > 0 and r["sops_per_stream_step"] > 0 for r in event)  # gesture frames
     text = bench.format_markdown(result)
     assert "| torch eager / onnx | torch rewritten / onnx |" in text
+    assert "| ops on spikes | SOPs | ops / SOPs |" in text
 
 
 def test_bench_rewrites_graphs_agree_with_torch():

@@ -102,3 +102,13 @@ def test_registry_torch_rewrite_reaches_the_runner(model_dir):
     ModelRegistry.scan(model_dir, backend="torch").load_all(loader)
     step = [c for c in calls if "rewrite" in c]
     assert len(step) == len(calls) // 2 and all(c["rewrite"] is True for c in step)
+
+
+def test_registry_event_backend_serves_step_bundles_and_leaves_window_ones_to_auto(model_dir):
+    reg = ModelRegistry.scan(model_dir, backend="event", device="cpu")
+    reg.load_all(threads=1)
+    backends = {name: (e.backend, type(e.runner).__name__) for name, e in reg.entries.items()}
+    assert backends["default"] == ("event", "EventStepRunner")
+    assert backends["other"] == ("event", "EventStepRunner")
+    assert backends["asa-window"][1] == "WindowRunner"  # it needs the whole window: auto's choice
+    assert backends["asa-window"][0] in ("onnx", "torch")

@@ -1,4 +1,4 @@
-"""A stream's predictions against an oracle computed apart from the service path, on both backends.
+"""A stream's predictions against an oracle computed apart from the service path, on every backend.
 
 The service bins packets incrementally (FrameBinner), steps a slot of a stateful runner per timestep
 (torch or ONNX Runtime), and keeps a running readout. The oracle shares none of that: the frames are a
@@ -70,7 +70,7 @@ def gesture(index: int) -> np.ndarray:
     return generate(sample_list(cfg, "test")[index], cfg)
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnx"])
+@pytest.mark.parametrize("backend", ["torch", "onnx", "event"])
 def test_a_stream_equals_the_oracle_through_flush_and_reset(backend):
     bundle = load_bundle(BUNDLED)
     card = bundle.card

@@ -2,7 +2,8 @@
 
 The property: over at least 200 random batch compositions (streams join and leave, slots are
 reused, batches of 1 to 64), every stream's outputs, spike counts, SOPs, energy and final state are
-**equal** to those of the same stream stepped alone, on the torch and the ONNX Runtime runner, for
+**equal** to those of the same stream stepped alone, on the torch, the ONNX Runtime and the
+event-driven runner (whose scatter or dense synapse is chosen per step from the batch's density), for
 the bundled step models and the paper-size gesture3 network (2x32x32, causal ASA, untrained but
 calibrated so that every layer spikes). The reference is a plain step loop of the exact network in
 PyTorch at batch 1: no slot table, no rewrite, no ONNX. Equal to one reference means equal to each
@@ -92,7 +93,7 @@ def _mixed(runner, streams: list[np.ndarray], rng: np.random.Generator):
     return rows, final, sizes
 
 
-@pytest.mark.parametrize("backend", ("torch", "onnx"))
+@pytest.mark.parametrize("backend", ("torch", "onnx", "event"))
 @pytest.mark.parametrize("name", ("default", "vanilla", "gesture3"))
 def test_any_batch_composition_gives_each_stream_its_own_results(models, name, backend):
     b = models[name]

@@ -1,0 +1,608 @@
+"""Event-driven execution on the CPU: synapses that do work only for the inputs that spiked.
+
+A spiking layer's input is mostly zeros. The dense step multiplies every zero anyway; here each
+layer's LIF emits the *indices* of its spikes, and the next synapse scatters: a spike at
+``(y, x, c)`` adds the weight column ``W[c, ky, kx, :]`` to each output position its kernel window
+reaches (a 3x3 convolution: 9 positions; a 3x3 convolution followed by a 2x2 average pool, folded
+into a 4x4 stride-2 kernel: 4), and a fully connected layer adds one weight row per input spike. The
+first layer's input, event counts, is scattered the same way (count times column).
+
+This is the same function as :meth:`SpikingNet.step` of the bundle's exact network, value for value:
+every synaptic sum of the exact form is exact in float32 in any order (docs/exact.md), so a
+scatter-add gives the dense convolution's result bit for bit, and everything after the synapse (the
+causal ASA's scores, ranking, running statistics and spatial maps, the LIF) is written here in the
+same elementwise operations in the same order as the exact modules (``models/runtime/exact.py``,
+``models/attention.py``, ``models/neuron.py``). The step function stays the definition:
+``tests/models/runtime/test_event_runner.py`` compares the two exactly on random and recorded spike
+patterns.
+
+Per layer and step the runner picks the scatter or a dense product (PyTorch's convolution / matrix
+product on the same exact weights) from the batch's input density against the layer's crossover,
+the density above which the dense product is faster (:func:`measure_crossovers`; both give the same
+values, so the choice only changes the speed). Each step also reports the work done: synaptic
+accumulations actually executed (``ops``), next to the energy proxy's SOPs (spikes times fan-out).
+
+Kernels are compiled with numba on first use (cached on disk next to this module when writable).
+Networks with max pooling or parametric decays per neuron are not supported (``ValueError``).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import torch
+from torch import nn
+
+from models.attention import TIE_RTOL, CausalASA
+from models.network import SpikingNet
+from models.runtime.bundle import ModelCard
+from models.runtime.exact import MAP_DIGIT_BITS, MAP_DIGITS, ExactChannelScore, ExactSpatialMap, as_float32
+from models.runtime.rewrite import _fold_pool
+from models.runtime.slots import StepRunner
+
+_JIT = {"nogil": True, "cache": True, "error_model": "numpy"}
+HARD, SOFT = 0, 1
+
+
+# ---- kernels -------------------------------------------------------------------------------------
+@numba.njit(**_JIT)
+def _scatter_conv(ptr, idx, val, w, bias, ty, tx, out):  # pragma: no cover - compiled
+    """``out [B, Ho, Wo, Co]`` = bias + the contributions of the active inputs of each row.
+
+    ``idx`` are flat ``(y, x, c)`` indices of a ``[Hi, Wi, Ci]`` input, ``val`` their values (spikes:
+    1, frames: counts); row ``b``'s entries are ``ptr[b]:ptr[b+1]``. ``w [Ci, K, K, Co]``.
+    ``ty [Hi, J, 2]``: the (kernel row, output row) pairs an input row reaches (:func:`_targets`;
+    ``-1`` pads), ``tx`` the same for columns. Returns the number of accumulations per row."""
+    n = ptr.shape[0] - 1
+    ci, co = w.shape[0], w.shape[3]
+    wi = tx.shape[0]
+    ho, wo = out.shape[1], out.shape[2]
+    ops = np.zeros(n, np.int64)
+    for b in range(n):
+        for oy in range(ho):
+            for ox in range(wo):
+                for o in range(co):
+                    out[b, oy, ox, o] = bias[o]
+        for e in range(ptr[b], ptr[b + 1]):
+            i = idx[e]
+            v = val[e]
+            c = i % ci
+            x = (i // ci) % wi
+            y = i // (ci * wi)
+            for jy in range(ty.shape[1]):
+                ky, oy = ty[y, jy, 0], ty[y, jy, 1]
+                if ky < 0:
+                    break
+                for jx in range(tx.shape[1]):
+                    kx, ox = tx[x, jx, 0], tx[x, jx, 1]
+                    if kx < 0:
+                        break
+                    if v == 1.0:
+                        for o in range(co):
+                            out[b, oy, ox, o] += w[c, ky, kx, o]
+                    else:
+                        for o in range(co):
+                            out[b, oy, ox, o] += v * w[c, ky, kx, o]
+                    ops[b] += co
+    return ops
+
+
+def _targets(size: int, out_size: int, k: int, stride: int, pad: int) -> np.ndarray:
+    """``[size, J, 2]``: for each input coordinate the (kernel index, output coordinate) pairs with
+    ``coord + pad - kernel = stride * out`` inside the output, padded with -1."""
+    pairs = [
+        [(kk, (i + pad - kk) // stride) for kk in range(k)
+         if (i + pad - kk) >= 0 and (i + pad - kk) % stride == 0 and (i + pad - kk) // stride < out_size]
+        for i in range(size)
+    ]
+    j = max(len(p) for p in pairs)
+    out = np.full((size, j, 2), -1, np.int64)
+    for i, p in enumerate(pairs):
+        out[i, : len(p)] = p
+    return out
+
+
+@numba.njit(**_JIT)
+def _scatter_fc(ptr, idx, val, w, bias, out):  # pragma: no cover - compiled
+    """``out [B, Out]`` = bias + the rows ``w [In, Out]`` of each row's active inputs (times value)."""
+    n = ptr.shape[0] - 1
+    co = w.shape[1]
+    ops = np.zeros(n, np.int64)
+    for b in range(n):
+        out[b, :] = bias
+        dst = out[b]
+        for e in range(ptr[b], ptr[b + 1]):
+            row = w[idx[e]]
+            v = val[e]
+            if v == 1.0:
+                for o in range(co):
+                    dst[o] += row[o]
+            else:
+                for o in range(co):
+                    dst[o] += v * row[o]
+        ops[b] = (ptr[b + 1] - ptr[b]) * co
+    return ops
+
+
+@numba.njit(**_JIT)
+def _causal_asa(cur, rows, num_t, den_t, score_mean, score_max, k_top, rho, tie,
+                digits, map_scale, map_lim, factors, units, sig_scale, table):  # pragma: no cover
+    """Causal ASA in place on ``cur [B, H, W, C]`` (``CausalASA.step`` of the exact form), updating
+    the running statistics ``num_t [cap, C]``, ``den_t [cap, 1]`` at ``rows``.
+
+    Mirrors, in order: :class:`ExactChannelScore` (float64 sums, float32 result), the running mean,
+    ``rank_mask`` (ties to the lower index), the time test with ``TIE_RTOL``, then per group
+    :func:`exact_maps` (mean and max over the group's channels of ``z = x * mask``, digit
+    convolutions, the sigmoid table) and ``a1 * z1 + a2 * z2``. Sums of grid values are exact in
+    float64, so they are taken in whatever order is fastest (four accumulators)."""
+    n, h, wd, c = cur.shape
+    one, zero = np.float32(1.0), np.float32(0.0)
+    m = np.empty(c, np.float32)
+    m1 = np.empty(c, np.float32)
+    m2 = np.empty(c, np.float32)
+    tot = np.empty(c, np.float64)
+    pk = np.empty(c, np.float32)
+    pooled = np.zeros((2, 2, h + 2, wd + 2), np.float32)  # group, (mean, max), zero-padded plane
+    att = np.empty((2, h, wd), np.float32)
+    s1, s2 = np.empty(4, np.float64), np.empty(4, np.float64)  # four partial sums and maxima per group
+    q1, q2 = np.empty(4, np.float32), np.empty(4, np.float32)
+    half = table.shape[0] // 2
+    c4 = c - c % 4
+    for b in range(n):
+        r = rows[b]
+        x = cur[b]
+        # channel scores: sum and max over space
+        for ch in range(c):
+            tot[ch] = 0.0
+            pk[ch] = x[0, 0, ch]
+        for yy in range(h):
+            for xx in range(wd):
+                for ch in range(c):
+                    v = x[yy, xx, ch]
+                    tot[ch] += np.float64(v)
+                    pk[ch] = max(pk[ch], v)
+        for ch in range(c):
+            m[ch] = np.float32(tot[ch] * score_mean + np.float64(pk[ch]) * score_max)
+        den = rho * den_t[r, 0] + one
+        den_t[r, 0] = den
+        for ch in range(c):
+            num = rho * num_t[r, ch] + m[ch]
+            num_t[r, ch] = num
+            mbar = num / den
+            top_t = m[ch] >= mbar - tie * abs(mbar)
+            rank = 0
+            for j in range(c):
+                if m[j] > m[ch] or (m[j] == m[ch] and j < ch):
+                    rank += 1
+            m1[ch] = one if (rank < k_top) != top_t else zero
+            m2[ch] = one - m1[ch]
+        # each group's channel mean and max per pixel, on the map grid
+        for yy in range(h):
+            for xx in range(wd):
+                px = x[yy, xx]
+                for j in range(4):
+                    s1[j] = 0.0
+                    s2[j] = 0.0
+                    q1[j] = px[0] * m1[0]
+                    q2[j] = px[0] * m2[0]
+                for ch in range(0, c4, 4):
+                    for j in range(4):
+                        z1 = px[ch + j] * m1[ch + j]
+                        z2 = px[ch + j] * m2[ch + j]
+                        s1[j] += np.float64(z1)
+                        s2[j] += np.float64(z2)
+                        q1[j] = max(q1[j], z1)
+                        q2[j] = max(q2[j], z2)
+                for ch in range(c4, c):
+                    z1 = px[ch] * m1[ch]
+                    z2 = px[ch] * m2[ch]
+                    s1[0] += np.float64(z1)
+                    s2[0] += np.float64(z2)
+                    q1[0] = max(q1[0], z1)
+                    q2[0] = max(q2[0], z2)
+                t1 = (s1[0] + s1[1]) + (s1[2] + s1[3])
+                t2 = (s2[0] + s2[1]) + (s2[2] + s2[3])
+                p1 = max(max(q1[0], q1[1]), max(q1[2], q1[3]))
+                p2 = max(max(q2[0], q2[1]), max(q2[2], q2[3]))
+                pooled[0, 0, yy + 1, xx + 1] = np.float32(min(max(np.rint(t1 * factors[0]), -map_lim), map_lim))
+                pooled[1, 0, yy + 1, xx + 1] = np.float32(min(max(np.rint(t2 * factors[1]), -map_lim), map_lim))
+                pooled[0, 1, yy + 1, xx + 1] = min(max(np.rint(p1 * map_scale), -map_lim), map_lim)
+                pooled[1, 1, yy + 1, xx + 1] = min(max(np.rint(p2 * map_scale), -map_lim), map_lim)
+        # three digit convolutions per group (exact integer sums), joined in order, then the table
+        for g in range(2):
+            for yy in range(h):
+                for xx in range(wd):
+                    y = zero
+                    for d in range(3):
+                        s = zero
+                        for p in range(2):
+                            for ky in range(3):
+                                for kx in range(3):
+                                    s += digits[3 * g + d, p, ky, kx] * pooled[g, p, yy + ky, xx + kx]
+                        y = s * units[d] if d == 0 else y + s * units[d]
+                    pos = min(max(y * sig_scale, np.float32(-half)), np.float32(half))
+                    base = min(np.floor(pos), np.float32(half - 1))
+                    frac = pos - base
+                    i = np.int64(base + np.float32(half))
+                    att[g, yy, xx] = table[i, 0] + frac * table[i, 1]
+        for yy in range(h):
+            for xx in range(wd):
+                a1 = att[0, yy, xx]
+                a2 = att[1, yy, xx]
+                for ch in range(c):
+                    v = x[yy, xx, ch]
+                    x[yy, xx, ch] = a1 * (v * m1[ch]) + a2 * (v * m2[ch])
+
+
+@numba.njit(**_JIT)
+def _lif(cur, rows, h_t, v_th, beta, reset, v_reset, spikes_out, ptr_out, idx_out):  # pragma: no cover
+    """LIF on ``cur [B, N]`` with the state ``h_t [cap, N]`` at ``rows`` (``lif_step``'s operations in
+    its order): dense spikes into ``spikes_out [B, N]``, their indices into ``idx_out`` with row
+    offsets ``ptr_out``. Returns the number of spikes written."""
+    n, width = cur.shape
+    k = 0
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    for b in range(n):
+        ptr_out[b] = k
+        r = rows[b]
+        for j in range(width):
+            u = h_t[r, j] + cur[b, j]
+            s = one if u >= v_th else zero
+            if reset == SOFT:
+                h_t[r, j] = beta * (u - v_th * s)
+            elif v_reset == zero:
+                h_t[r, j] = beta * u * (one - s)
+            else:
+                h_t[r, j] = v_reset * s + beta * u * (one - s)
+            spikes_out[b, j] = s
+        for j in range(width):  # indices without a branch per neuron
+            idx_out[k] = j
+            k += np.int64(spikes_out[b, j] != zero)
+    ptr_out[n] = k
+    return k
+
+
+# ---- the plan: the exact network's constants in the kernels' layouts -------------------------------
+@dataclass
+class _Asa:
+    score_mean: float  # float64 factors of ExactChannelScore
+    score_max: float
+    k_top: int
+    rho: np.float32
+    tie: np.float32
+    digits: np.ndarray  # [6, 2, 3, 3] float32: groups' digit kernels
+    map_scale: np.float32
+    map_lim: np.float32
+    factors: np.ndarray  # [2] float64
+    units: np.ndarray  # [3] float32
+    sig_scale: np.float32
+    table: np.ndarray  # [n, 2] float32
+
+
+@dataclass
+class _Layer:
+    name: str
+    kind: str  # "conv" or "fc"
+    weight: np.ndarray  # conv [Ci, K, K, Co]; fc [In, Out] (rows in the previous layer's (y, x, c) order)
+    bias: np.ndarray  # [Co] float32
+    dense: nn.Module  # the same synapse for the dense path, NCHW input ([B, In] for fc)
+    in_shape: tuple[int, int, int]  # (C, H, W), or (In, 1, 1) for fc
+    out_shape: tuple[int, int, int]
+    targets: tuple[np.ndarray, np.ndarray]  # conv: (ty, tx) of :func:`_targets`
+    asa: _Asa | None
+    v_th: np.float32
+    beta: np.float32
+    reset: int
+    v_reset: np.float32
+
+    @property
+    def inputs(self) -> int:
+        return int(np.prod(self.in_shape))
+
+    @property
+    def neurons(self) -> int:
+        return int(np.prod(self.out_shape))
+
+
+def _asa_plan(att: CausalASA, hw: tuple[int, int]) -> _Asa:
+    score, sa1, sa2 = att.score, att.sa1, att.sa2
+    if not (isinstance(score, ExactChannelScore) and isinstance(sa1, ExactSpatialMap) and isinstance(sa2, ExactSpatialMap)):
+        raise TypeError("the event runner takes an exact network (models.runtime.exact.exact_network)")
+    c, lam = att.channels, att.cfg.lam
+    scale = 2.0**sa1.map_bits
+    units = [2.0 ** (MAP_DIGIT_BITS * (MAP_DIGITS - 1 - i) - sa1.weight_bits - sa1.map_bits) for i in range(MAP_DIGITS)]
+    if sa2.weight_bits != sa1.weight_bits:
+        raise ValueError("both spatial maps of a layer share one weight grid in the exact form")
+    return _Asa(
+        score_mean=as_float32(score.a / (hw[0] * hw[1])),
+        score_max=score.g,
+        k_top=int(c * lam),
+        rho=np.float32(att.cfg.rho),
+        tie=np.float32(TIE_RTOL),
+        digits=torch.cat([sa1.digits, sa2.digits]).numpy().astype(np.float32),
+        map_scale=np.float32(scale),
+        map_lim=np.float32(float(sa1.map_clip) * scale),
+        factors=np.array([as_float32(scale / (c * lam)), as_float32(scale / (c * (1 - lam)))], np.float64),
+        units=np.array(units, np.float32),
+        sig_scale=np.float32(sa1.sigmoid.scale),
+        table=sa1.sigmoid.table.numpy().astype(np.float32),
+    )
+
+
+def _plan(net: SpikingNet) -> list[_Layer]:
+    """The exact network ``net`` as kernel parameters, layer by layer."""
+    from models.runtime.exact import SaturatedCounts
+
+    layers: list[_Layer] = []
+    shape = (net.cfg.in_channels, *net.cfg.input_size)
+    for name, layer, out_shape in zip(net.layer_names, net.layers, net.spike_shapes):
+        mods = [m for m in (layer.synapse if isinstance(layer.synapse, nn.Sequential) else [layer.synapse])
+                if not isinstance(m, (nn.Identity, nn.Flatten, SaturatedCounts))]
+        if any(isinstance(m, (nn.MaxPool2d, nn.BatchNorm2d)) for m in mods):
+            raise ValueError(f"{name}: max pooling and unfolded BatchNorm are not supported by the event runner")
+        lin = mods[0]
+        pooled = len(mods) > 1 and isinstance(mods[1], nn.AvgPool2d)
+        if isinstance(lin, nn.Conv2d):
+            conv = _fold_pool(lin) if pooled else lin
+            if conv.kernel_size[0] != conv.kernel_size[1] or conv.groups != 1 or conv.dilation != (1, 1):
+                raise ValueError(f"{name}: only square, ungrouped convolutions are supported")
+            w = conv.weight.detach().float()
+            weight = w.permute(1, 2, 3, 0).contiguous().numpy()  # [Ci, K, K, Co]
+            bias = conv.bias.detach().float().numpy() if conv.bias is not None else np.zeros(w.shape[0], np.float32)
+            k, stride, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+            targets = (_targets(shape[1], out_shape[1], k, stride, pad), _targets(shape[2], out_shape[2], k, stride, pad))
+            kind, dense = "conv", conv
+        else:
+            w = lin.weight.detach().float()  # [Out, In] with In in the previous layer's (c, y, x) order
+            if len(shape) == 3 and shape[1:] != (1, 1):  # rows in (y, x, c) order, as the spikes come
+                w = w.view(w.shape[0], *shape).permute(0, 2, 3, 1).reshape(w.shape[0], -1)
+            weight = w.t().contiguous().numpy()
+            bias = lin.bias.detach().float().numpy() if lin.bias is not None else np.zeros(w.shape[0], np.float32)
+            kind, targets = "fc", (np.zeros((0, 0, 2), np.int64),) * 2
+            dense = nn.Linear(w.shape[1], w.shape[0], bias=False)
+            dense.weight = nn.Parameter(w.contiguous(), requires_grad=False)
+        if layer.lif.w is not None:
+            raise ValueError(f"{name}: a learnt decay must be a constant of the exact form")
+        p = layer.lif.p
+        att = layer.attention
+        if att is not None and not isinstance(att, CausalASA):
+            raise ValueError(f"{name}: only causal ASA runs one step at a time")
+        full_out = out_shape if len(out_shape) == 3 else (out_shape[0], 1, 1)
+        layers.append(
+            _Layer(
+                name=name,
+                kind=kind,
+                weight=np.ascontiguousarray(weight, np.float32),
+                bias=np.ascontiguousarray(bias, np.float32),
+                dense=dense.eval().requires_grad_(False),
+                in_shape=shape if len(shape) == 3 else (shape[0], 1, 1),
+                out_shape=full_out,
+                targets=targets,
+                asa=_asa_plan(att, full_out[1:]) if att is not None else None,
+                v_th=np.float32(p.v_th),
+                beta=np.float32(layer.lif.decay()),
+                reset=SOFT if p.reset == "soft" else HARD,
+                v_reset=np.float32(p.v_reset),
+            )
+        )
+        shape = full_out
+    return layers
+
+
+# ---- the step ------------------------------------------------------------------------------------
+DEFAULT_CROSSOVER = 0.25  # input density above which a layer runs dense, until measured
+
+
+@dataclass
+class EventStep:
+    """What one step did for each row: spikes per layer, accumulations executed per layer, and
+    which layers ran dense."""
+
+    out: np.ndarray  # [n, K]
+    counts: np.ndarray  # [n, L] float32
+    ops: np.ndarray  # [n, L] int64: synaptic accumulations executed (dense layers: all of them)
+    dense: list[bool]
+
+
+class EventNet:
+    """The event-driven step of an exact network on HWC state tables (see the module docstring)."""
+
+    def __init__(self, exact: SpikingNet, crossovers: list[float] | None = None) -> None:
+        self.net = exact
+        self.layers = _plan(exact)
+        self.num_classes, self.vote = exact.cfg.num_classes, exact.cfg.vote
+        n = len(self.layers)
+        self.crossovers = list(crossovers) if crossovers is not None else [DEFAULT_CROSSOVER] * n
+        if len(self.crossovers) != n:
+            raise ValueError(f"{n} crossovers needed, got {len(self.crossovers)}")
+        self.max_count = float(exact.layers[0].synapse[0].max_count)
+
+    def state_shapes(self) -> list[tuple[int, ...]]:
+        """Kernel-side state per layer: ``h [H, W, C]`` (or ``[N]``), then ``num [C]``, ``den [1]``."""
+        out: list[tuple[int, ...]] = []
+        for layer in self.layers:
+            c, h, w = layer.out_shape
+            out.append((h, w, c) if layer.kind == "conv" else (c,))
+            if layer.asa is not None:
+                out += [(c,), (1,)]
+        return out
+
+    def to_network_layout(self, state: list[np.ndarray]) -> list[np.ndarray]:
+        """One slot's kernel-side state in the network's order and shapes (``SpikingNet.state_shapes``)."""
+        return [s.transpose(2, 0, 1).copy() if s.ndim == 3 else s.copy() for s in state]
+
+    def from_network_layout(self, state: list[np.ndarray]) -> list[np.ndarray]:
+        return [np.ascontiguousarray(s.transpose(1, 2, 0)) if s.ndim == 3 else s.copy() for s in state]
+
+    def step(self, rows: np.ndarray, frames: np.ndarray, tables: list[np.ndarray]) -> EventStep:
+        """Advance ``rows`` of the state ``tables`` (:meth:`state_shapes` with a leading slot axis)
+        with ``frames [n, C, H, W]`` (event counts)."""
+        n = rows.shape[0]
+        counts = np.clip(np.rint(frames), 0, self.max_count).astype(np.float32)
+        x = np.ascontiguousarray(counts.transpose(0, 2, 3, 1)).reshape(n, -1)  # (y, x, c) order
+        nz = x != 0
+        ptr = np.zeros(n + 1, np.int64)
+        np.cumsum(nz.sum(1), out=ptr[1:])
+        flat = np.flatnonzero(nz)
+        idx, val = flat % x.shape[1], x.ravel()[flat]
+        dense_x = x
+        spike_counts = np.zeros((n, len(self.layers)), np.float32)
+        ops = np.zeros((n, len(self.layers)), np.int64)
+        ran_dense: list[bool] = []
+        k = 0
+        for li, layer in enumerate(self.layers):
+            density = (ptr[n] / (n * layer.inputs)) if n else 0.0
+            dense = density > self.crossovers[li]
+            ran_dense.append(bool(dense))
+            if dense:
+                cur = self._dense(layer, dense_x, n)
+                ops[:, li] = self._dense_ops(layer)
+            else:
+                cur, ops[:, li] = _scatter(layer, ptr, idx, val)
+            h_table = tables[k]
+            if layer.asa is not None:
+                a = layer.asa
+                _causal_asa(
+                    cur, rows, tables[k + 1], tables[k + 2], a.score_mean, a.score_max, a.k_top, a.rho, a.tie, a.digits, a.map_scale, a.map_lim, a.factors, a.units,
+                    a.sig_scale, a.table,
+                )
+                k += 3
+            else:
+                k += 1
+            flat_cur = cur.reshape(n, -1)
+            spikes = np.empty_like(flat_cur)
+            ptr = np.zeros(n + 1, np.int64)
+            idx = np.empty(flat_cur.size, np.int64)
+            total = _lif(
+                flat_cur, rows, h_table.reshape(h_table.shape[0], -1), layer.v_th, layer.beta, layer.reset,
+                layer.v_reset, spikes, ptr, idx,
+            )
+            idx = idx[:total]
+            val = np.ones(total, np.float32)
+            spike_counts[:, li] = np.diff(ptr)
+            dense_x = spikes
+        out = dense_x.reshape(n, -1)
+        if self.vote > 1:
+            out = out.reshape(n, self.num_classes, self.vote).sum(-1) / np.float32(self.vote)
+        return EventStep(np.ascontiguousarray(out, np.float32), spike_counts, ops, ran_dense)
+
+    @staticmethod
+    def _dense_ops(layer: _Layer) -> int:
+        c, h, w = layer.out_shape
+        if layer.kind == "fc":
+            return layer.inputs * c
+        return h * w * c * layer.in_shape[0] * layer.weight.shape[1] * layer.weight.shape[2]
+
+    @staticmethod
+    @torch.inference_mode()
+    def _dense(layer: _Layer, x: np.ndarray, n: int) -> np.ndarray:
+        """The synapse as one dense product on the exact weights (same values as the scatter)."""
+        if layer.kind == "fc":
+            y = torch.from_numpy(np.ascontiguousarray(x.reshape(n, -1))) @ torch.from_numpy(layer.weight)
+            return (y + torch.from_numpy(layer.bias)).numpy()
+        c, h, w = layer.in_shape
+        t = torch.from_numpy(np.ascontiguousarray(x)).view(n, h, w, c).permute(0, 3, 1, 2).contiguous()
+        y = layer.dense(t)
+        return np.ascontiguousarray(y.permute(0, 2, 3, 1).numpy())
+
+
+def _scatter(layer: _Layer, ptr: np.ndarray, idx: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A layer's synaptic currents by scattering the active inputs, and the accumulations per row."""
+    n = ptr.shape[0] - 1
+    c, h, w = layer.out_shape
+    if layer.kind == "conv":
+        cur = np.empty((n, h, w, c), np.float32)
+        return cur, _scatter_conv(ptr, idx, val, layer.weight, layer.bias, *layer.targets, cur)
+    cur = np.empty((n, c), np.float32)
+    return cur, _scatter_fc(ptr, idx, val, layer.weight, layer.bias, cur)
+
+
+def measure_crossovers(
+    net: EventNet, batch: int = 8, densities: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5), repeat: int = 5
+) -> list[float]:
+    """Per layer, the lowest input density (of ``densities``) at which the dense product is faster than
+    the scatter, timed on random spikes at ``batch`` streams (1.0 where the scatter always wins)."""
+    rng = np.random.default_rng(0)
+    out = []
+    for layer in net.layers:
+        cross = 1.0
+        for d in densities:
+            x = (rng.random((batch, layer.inputs)) < d).astype(np.float32)
+            flat = np.flatnonzero(x)
+            ptr = np.zeros(batch + 1, np.int64)
+            np.cumsum((x != 0).sum(1), out=ptr[1:])
+            idx, val = flat % layer.inputs, np.ones(flat.shape[0], np.float32)
+            sparse = functools.partial(_scatter, layer, ptr, idx, val)
+            dense = functools.partial(EventNet._dense, layer, x, batch)
+            if _best_of(dense, repeat) < _best_of(sparse, repeat):
+                cross = d
+                break
+        out.append(cross)
+    return out
+
+
+def _best_of(fn, repeat: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+# ---- the runner ----------------------------------------------------------------------------------
+class EventStepRunner(StepRunner):
+    """Event-driven CPU backend (``backend="event"``) on an exact network: state tables in numpy,
+    the step in :class:`EventNet`. Results equal the other backends' value for value; ``last_ops``
+    holds the accumulations each row of the last step executed per layer."""
+
+    def __init__(self, net: SpikingNet, card: ModelCard, capacity: int = 8, crossovers: list[float] | None = None) -> None:
+        self.event = EventNet(net, crossovers)
+        self._tables: list[np.ndarray] = []
+        self.last_ops: np.ndarray = np.zeros((0, len(self.event.layers)), np.int64)
+        self.last_dense: list[bool] = []
+        super().__init__(card, net, capacity)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Compile (or load from numba's cache) every kernel now, not on a stream's first step:
+        one step of the scratch row on the sparse path and one on the dense path."""
+        scratch = np.array([self._capacity], dtype=np.int64)
+        frame = np.ones((1, *self.frame_shape), np.float32)
+        saved = self.event.crossovers
+        for cross in (1.0, -1.0):
+            self.event.crossovers = [cross] * len(saved)
+            self.event.step(scratch, frame, self._tables)
+        self.event.crossovers = saved
+        self._clear(scratch)
+
+    def _resize(self, capacity: int) -> None:
+        new = [np.zeros((capacity + 1, *s), np.float32) for s in self.event.state_shapes()]
+        for a, b in zip(new, self._tables):
+            a[: b.shape[0] - 1] = b[:-1]
+        self._tables = new
+
+    def _clear(self, rows: np.ndarray) -> None:
+        for t in self._tables:
+            t[rows] = 0.0
+
+    def _read(self, row: int) -> list[np.ndarray]:
+        return self.event.to_network_layout([t[row] for t in self._tables])
+
+    def _write(self, row: int, state: list[np.ndarray]) -> None:
+        for t, v in zip(self._tables, self.event.from_network_layout(state)):
+            t[row] = v
+
+    def _advance(self, rows: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        res = self.event.step(rows, frames, self._tables)
+        self.last_ops, self.last_dense = res.ops, res.dense
+        return res.out, res.counts, np.ones(rows.shape[0], dtype=bool)
+
+
+__all__ = ["DEFAULT_CROSSOVER", "EventNet", "EventStep", "EventStepRunner", "measure_crossovers"]
