@@ -350,15 +350,18 @@ def run_streams(
 
 
 # ---- the model alone ---------------------------------------------------------------------------------------
-def model_only_capacity(model_dir: Path, name: str, sensor_frames: Path, max_batch: int, threads: int) -> dict:
-    """The most streams whose timesteps the runner alone (ONNX Runtime, ``threads`` threads, batches of
-    at most ``max_batch`` as the scheduler forms them) computes within one dt, at p99 of 30 rounds;
-    frames binned from the same synthetic events as the streams."""
+def model_only_capacity(
+    model_dir: Path, name: str, sensor_frames: Path, max_batch: int, threads: int, backend: str = "onnx"
+) -> dict:
+    """The most streams whose timesteps the runner alone (the server's backend, ``threads`` threads,
+    batches of at most ``max_batch`` as the scheduler forms them) computes within one dt, at p99 of 30
+    rounds; frames binned from the same synthetic events as the streams."""
     from models.events.binner import BinnerConfig, FrameBinner
     from models.events.types import SensorSize
     from models.runtime.loading import load_runner
 
-    runner = load_runner(model_dir / name, backend="onnx", device="cpu", threads=threads)
+    kw = {"threads": threads} if backend == "onnx" else {}
+    runner = load_runner(model_dir / name, backend=backend, device="cpu", **kw)  # type: ignore[arg-type]
     card = runner.card
     dt_s = card.dt_us / 1e6
     with np.load(sensor_frames) as z:
@@ -393,7 +396,7 @@ def model_only_capacity(model_dir: Path, name: str, sensor_frames: Path, max_bat
         mid = (lo + hi) // 2
         tried[mid] = rounds_p99(mid)
         lo, hi = (mid, hi) if tried[mid] < dt_s else (lo, mid)
-    return {"streams": lo, "dt_ms": dt_s * 1e3, "max_batch": max_batch, "threads": threads,
+    return {"streams": lo, "dt_ms": dt_s * 1e3, "max_batch": max_batch, "threads": threads, "backend": backend,
             "p99_ms": {n: v * 1e3 for n, v in sorted(tried.items())}}
 
 
@@ -493,6 +496,7 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
                 result["model_only"] = model_only_capacity(
                     model_dir, card["name"], packets, int(settings.get("ASASNN_MAX_BATCH", 64)),
                     int(settings.get("ASASNN_STEP_THREADS", max(1, (os.cpu_count() or 2) - 1))),
+                    {"auto": "onnx"}.get(settings.get("ASASNN_BACKEND", "auto"), settings.get("ASASNN_BACKEND", "onnx")),
                 )
                 text = capacity_report(result, args)
             else:
@@ -509,8 +513,8 @@ def capacity_report(result: dict[str, Any], args: argparse.Namespace) -> str:
     mo = result["model_only"]
     e2e = result["streams"]
     return (
-        f"end to end ({args.packet_ms:g} ms packets): {e2e} real-time streams; model alone (ONNX Runtime, "
-        f"{mo['threads']} thread(s), batches of <= {mo['max_batch']}): {mo['streams']} streams "
+        f"end to end ({args.packet_ms:g} ms packets): {e2e} real-time streams; model alone "
+        f"({mo.get('backend', 'onnx')} backend, {mo['threads']} thread(s), batches of <= {mo['max_batch']}): {mo['streams']} streams "
         f"(p99 of a round below dt {mo['dt_ms']:g} ms); ratio {e2e / max(mo['streams'], 1):.3f}"
     )
 
