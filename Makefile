@@ -34,7 +34,7 @@ ORT_GPU := import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['too
 # hot loops (Python 3.11 has no sys.monitoring): `make test COV=` runs the suite without it.
 COV ?= --cov=asasnn --cov=models --cov=service --cov=training --cov-report=term
 
-.PHONY: install serve test gpu-check
+.PHONY: install serve test gpu-check bench-peers
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -71,3 +71,9 @@ test: install
 # CUDA, results under OUT (default gpu-check-<date>); see benchmarks/gpu_check.sh and docs/performance.md.
 gpu-check:
 	bash benchmarks/gpu_check.sh $(OUT)
+
+# The peer benchmark (SpikingJelly, snnTorch, Norse): their own environment (.venv-peers, never .venv),
+# created or refreshed from benchmarks/peers-requirements.txt, then the benchmark in it; ARGS passed on.
+bench-peers: install
+	$(BIN)/python benchmarks/bench_peers.py --setup
+	$(BIN)/asasnn bench peers $(ARGS)

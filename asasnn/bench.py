@@ -11,6 +11,8 @@
   measures the model alone beside it (benchmarks/bench_service.py, benchmarks/loadgen.py).
 * ``asasnn bench soak``: healthy real-time streams beside a hostile client mix for minutes: lost or
   reordered predictions, their latency, the server's memory over time (benchmarks/bench_soak.py).
+* ``asasnn bench peers``: SpikingJelly, snnTorch and Norse rebuilding the same network: spike agreement
+  and per-step latency against our backends (benchmarks/bench_peers.py; re-runs itself in .venv-peers).
 
 The scripts are loaded by file path when chosen, so this command needs a source checkout.
 """
@@ -44,6 +46,7 @@ SCRIPTS = {
     "encoder": "bench_encoder",
     "service": "bench_service",
     "soak": "bench_soak",
+    "peers": "bench_peers",
 }
 
 
@@ -54,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "rewrites": "what each export rewrite buys (ONNX step vs torch eager step)",
         "service": "N streams against a real server: losses, latency; --find-capacity",
         "soak": "healthy streams beside a hostile client mix: losses, latency, memory over time",
+        "peers": "SpikingJelly, snnTorch, Norse on the same network: spike agreement, per-step latency",
     }
     for target, text in helps.items():
         p = sub.add_parser(target, help=text)

@@ -236,6 +236,30 @@ def _causal_asa(cur, rows, num_t, den_t, score_mean, score_max, k_top, rho, tie,
 
 
 @numba.njit(**_JIT)
+def _frame_inputs(frames, max_count, dense, ptr, idx, val):  # pragma: no cover - compiled
+    """Event counts ``frames [B, C, H, W]`` as the exact form takes them (rounded half to even,
+    saturated at ``max_count``) into ``dense [B, H*W*C]`` in ``(y, x, c)`` order, and their non-zero
+    cells as ``idx``/``val`` with row offsets ``ptr``. Returns the number of non-zero cells."""
+    n, c, h, w = frames.shape
+    k = 0
+    for b in range(n):
+        ptr[b] = k
+        j = 0
+        for y in range(h):
+            for x in range(w):
+                for ch in range(c):
+                    v = min(max(np.rint(frames[b, ch, y, x]), np.float32(0.0)), max_count)
+                    dense[b, j] = v
+                    if v != 0.0:
+                        idx[k] = j
+                        val[k] = v
+                        k += 1
+                    j += 1
+    ptr[n] = k
+    return k
+
+
+@numba.njit(**_JIT)
 def _lif(cur, rows, h_t, v_th, beta, reset, v_reset, spikes_out, ptr_out, idx_out):  # pragma: no cover
     """LIF on ``cur [B, N]`` with the state ``h_t [cap, N]`` at ``rows`` (``lif_step``'s operations in
     its order): dense spikes into ``spikes_out [B, N]``, their indices into ``idx_out`` with row
@@ -418,6 +442,7 @@ class EventNet:
         if len(self.crossovers) != n:
             raise ValueError(f"{n} crossovers needed, got {len(self.crossovers)}")
         self.max_count = float(exact.layers[0].synapse[0].max_count)
+        self._buffered, self._buf = 0, []
 
     def state_shapes(self) -> list[tuple[int, ...]]:
         """Kernel-side state per layer: ``h [H, W, C]`` (or ``[N]``), then ``num [C]``, ``den [1]``."""
@@ -436,57 +461,70 @@ class EventNet:
     def from_network_layout(self, state: list[np.ndarray]) -> list[np.ndarray]:
         return [np.ascontiguousarray(s.transpose(1, 2, 0)) if s.ndim == 3 else s.copy() for s in state]
 
+    def _buffers(self, n: int) -> list[np.ndarray]:
+        """Work arrays for a batch of ``n`` (kept for the largest batch seen, used as views)."""
+        if n > self._buffered:
+            size = max(n, 2 * self._buffered)
+            neurons = [layer.neurons for layer in self.layers]
+            first = self.layers[0].inputs
+            self._buf = [
+                np.empty((size, first), np.float32),  # layer 1's input: event counts, (y, x, c) order
+                np.empty(size * first, np.int64),
+                np.empty(size * first, np.float32),
+                np.ones(size * max(first, *neurons), np.float32),  # the value of every spike
+                *[np.empty((size, m), np.float32) for m in neurons],  # currents
+                *[np.empty((size, m), np.float32) for m in neurons],  # spikes
+                *[np.empty(size * m, np.int64) for m in neurons],  # spike indices
+            ]
+            self._buffered = size
+        return self._buf
+
     def step(self, rows: np.ndarray, frames: np.ndarray, tables: list[np.ndarray]) -> EventStep:
         """Advance ``rows`` of the state ``tables`` (:meth:`state_shapes` with a leading slot axis)
         with ``frames [n, C, H, W]`` (event counts)."""
-        n = rows.shape[0]
-        counts = np.clip(np.rint(frames), 0, self.max_count).astype(np.float32)
-        x = np.ascontiguousarray(counts.transpose(0, 2, 3, 1)).reshape(n, -1)  # (y, x, c) order
-        nz = x != 0
-        ptr = np.zeros(n + 1, np.int64)
-        np.cumsum(nz.sum(1), out=ptr[1:])
-        flat = np.flatnonzero(nz)
-        idx, val = flat % x.shape[1], x.ravel()[flat]
-        dense_x = x
-        spike_counts = np.zeros((n, len(self.layers)), np.float32)
-        ops = np.zeros((n, len(self.layers)), np.int64)
+        n, nl = rows.shape[0], len(self.layers)
+        buf = self._buffers(n)
+        x, idx, val, ones = buf[0][:n], buf[1], buf[2], buf[3]
+        currents, spikes_buf, index_buf = buf[4 : 4 + nl], buf[4 + nl : 4 + 2 * nl], buf[4 + 2 * nl :]
+        ptr = np.empty(n + 1, np.int64)
+        total = _frame_inputs(np.ascontiguousarray(frames, np.float32), np.float32(self.max_count), x, ptr, idx, val)
+        idx, val = idx[:total], val[:total]
+        spike_counts = np.empty((n, nl), np.float32)
+        ops = np.empty((n, nl), np.int64)
         ran_dense: list[bool] = []
         k = 0
         for li, layer in enumerate(self.layers):
-            density = (ptr[n] / (n * layer.inputs)) if n else 0.0
-            dense = density > self.crossovers[li]
+            dense = n > 0 and ptr[n] / (n * layer.inputs) > self.crossovers[li]
             ran_dense.append(bool(dense))
+            c, h, w = layer.out_shape
+            cur = currents[li][:n].reshape((n, h, w, c) if layer.kind == "conv" else (n, c))
             if dense:
-                cur = self._dense(layer, dense_x, n)
+                cur[...] = self._dense(layer, x, n)
                 ops[:, li] = self._dense_ops(layer)
             else:
-                cur, ops[:, li] = _scatter(layer, ptr, idx, val)
+                ops[:, li] = _synapse(layer, ptr, idx, val, cur)
             h_table = tables[k]
             if layer.asa is not None:
                 a = layer.asa
                 _causal_asa(
-                    cur, rows, tables[k + 1], tables[k + 2], a.score_mean, a.score_max, a.k_top, a.rho, a.tie, a.digits, a.map_scale, a.map_lim, a.factors, a.units,
-                    a.sig_scale, a.table,
+                    cur, rows, tables[k + 1], tables[k + 2], a.score_mean, a.score_max, a.k_top, a.rho, a.tie,
+                    a.digits, a.map_scale, a.map_lim, a.factors, a.units, a.sig_scale, a.table,
                 )
                 k += 3
             else:
                 k += 1
-            flat_cur = cur.reshape(n, -1)
-            spikes = np.empty_like(flat_cur)
-            ptr = np.zeros(n + 1, np.int64)
-            idx = np.empty(flat_cur.size, np.int64)
+            x = spikes_buf[li][:n]
+            ptr = np.empty(n + 1, np.int64)
             total = _lif(
-                flat_cur, rows, h_table.reshape(h_table.shape[0], -1), layer.v_th, layer.beta, layer.reset,
-                layer.v_reset, spikes, ptr, idx,
+                currents[li][:n], rows, h_table.reshape(h_table.shape[0], -1), layer.v_th, layer.beta,
+                layer.reset, layer.v_reset, x, ptr, index_buf[li],
             )
-            idx = idx[:total]
-            val = np.ones(total, np.float32)
+            idx, val = index_buf[li][:total], ones[:total]
             spike_counts[:, li] = np.diff(ptr)
-            dense_x = spikes
-        out = dense_x.reshape(n, -1)
+        out = x
         if self.vote > 1:
             out = out.reshape(n, self.num_classes, self.vote).sum(-1) / np.float32(self.vote)
-        return EventStep(np.ascontiguousarray(out, np.float32), spike_counts, ops, ran_dense)
+        return EventStep(out.copy(), spike_counts, ops, ran_dense)
 
     @staticmethod
     def _dense_ops(layer: _Layer) -> int:
@@ -508,16 +546,12 @@ class EventNet:
         return np.ascontiguousarray(y.permute(0, 2, 3, 1).numpy())
 
 
-def _scatter(layer: _Layer, ptr: np.ndarray, idx: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A layer's synaptic currents by scattering the active inputs, and the accumulations per row."""
-    n = ptr.shape[0] - 1
-    c, h, w = layer.out_shape
+def _synapse(layer: _Layer, ptr: np.ndarray, idx: np.ndarray, val: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """A layer's synaptic currents from its active inputs into ``cur``; the accumulations per row."""
     if layer.kind == "conv":
-        cur = np.empty((n, h, w, c), np.float32)
         in_hw = (layer.in_shape[1], layer.in_shape[2])
-        return cur, _sparse_conv(ptr, idx, val, layer.weight, layer.bias, in_hw, layer.stride, layer.pad, cur)
-    cur = np.empty((n, c), np.float32)
-    return cur, _scatter_fc(ptr, idx, val, layer.weight, layer.bias, cur)
+        return _sparse_conv(ptr, idx, val, layer.weight, layer.bias, in_hw, layer.stride, layer.pad, cur)
+    return _scatter_fc(ptr, idx, val, layer.weight, layer.bias, cur)
 
 
 def measure_crossovers(
@@ -535,7 +569,9 @@ def measure_crossovers(
             ptr = np.zeros(batch + 1, np.int64)
             np.cumsum((x != 0).sum(1), out=ptr[1:])
             idx, val = flat % layer.inputs, np.ones(flat.shape[0], np.float32)
-            sparse = functools.partial(_scatter, layer, ptr, idx, val)
+            c, h, w = layer.out_shape
+            cur = np.empty((batch, h, w, c) if layer.kind == "conv" else (batch, c), np.float32)
+            sparse = functools.partial(_synapse, layer, ptr, idx, val, cur)
             dense = functools.partial(EventNet._dense, layer, x, batch)
             if _best_of(dense, repeat) < _best_of(sparse, repeat):
                 cross = d
