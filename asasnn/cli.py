@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("training.cli.evaluate", "accuracy, firing rates, SOPs and energy of a checkpoint or bundle"),
     "export": ("training.cli.export", "write a verified model bundle (safetensors + ONNX step graph)"),
     "analyze": ("training.cli.analyze", "redundancy report: spike features, firing rates, MPD, energy"),
+    "results": ("training.cli.results", "mean and spread over seeds of evaluation reports (markdown tables)"),
     "serve": ("service.cli", "run the inference server (bundled model by default)"),
     "stream": ("service.client.cli", "stream events from a file, camera or the synthetic source"),
     "bench": ("asasnn.bench", "benchmarks: runtime, encoder"),
