@@ -126,7 +126,7 @@ def _scatter_fc(ptr, idx, val, w, bias, out):  # pragma: no cover - compiled
 
 
 @numba.njit(**_JIT)
-def _causal_asa(cur, rows, num_t, den_t, score_mean, score_max, k_top, rho, tie,
+def _causal_asa(cur, rows, num_t, den_t, grid, score_mean, score_max, k_top, rho, tie,
                 digits, map_scale, map_lim, factors, units, sig_scale, table):  # pragma: no cover
     """Causal ASA in place on ``cur [B, H, W, C]`` (``CausalASA.step`` of the exact form), updating
     the running statistics ``num_t [cap, C]``, ``den_t [cap, 1]`` at ``rows``.
@@ -134,21 +134,24 @@ def _causal_asa(cur, rows, num_t, den_t, score_mean, score_max, k_top, rho, tie,
     Mirrors, in order: :class:`ExactChannelScore` (float64 sums, float32 result), the running mean,
     ``rank_mask`` (ties to the lower index), the time test with ``TIE_RTOL``, then per group
     :func:`exact_maps` (mean and max over the group's channels of ``z = x * mask``, digit
-    convolutions, the sigmoid table) and ``a1 * z1 + a2 * z2``. Sums of grid values are exact in
-    float64, so they are taken in whatever order is fastest (four accumulators)."""
+    convolutions, the sigmoid table) and ``a1 * z1 + a2 * z2``. The currents are multiples of
+    ``1 / grid`` (the synapse's weight grid, a power of two) below ``2^24 / grid``, so the channel
+    sums and maxima per pixel are taken on the integers ``x * grid``: exact, like the float64 sums of
+    the exact module, and in any order (integer reductions vectorise; float ones may not be
+    reordered). The digit convolutions are exact integer sums in float32, also in any order."""
     n, h, wd, c = cur.shape
     one, zero = np.float32(1.0), np.float32(0.0)
+    inv64, inv32 = 1.0 / np.float64(grid), one / grid
     m = np.empty(c, np.float32)
     m1 = np.empty(c, np.float32)
     m2 = np.empty(c, np.float32)
+    g1 = np.empty(c, np.int64)
     tot = np.empty(c, np.float64)
     pk = np.empty(c, np.float32)
     pooled = np.zeros((2, 2, h + 2, wd + 2), np.float32)  # group, (mean, max), zero-padded plane
+    parts = np.empty((3, h, wd), np.float32)
     att = np.empty((2, h, wd), np.float32)
-    s1, s2 = np.empty(4, np.float64), np.empty(4, np.float64)  # four partial sums and maxima per group
-    q1, q2 = np.empty(4, np.float32), np.empty(4, np.float32)
     half = table.shape[0] // 2
-    c4 = c - c % 4
     for b in range(n):
         r = rows[b]
         x = cur[b]
@@ -175,52 +178,48 @@ def _causal_asa(cur, rows, num_t, den_t, score_mean, score_max, k_top, rho, tie,
             for j in range(c):
                 if m[j] > m[ch] or (m[j] == m[ch] and j < ch):
                     rank += 1
-            m1[ch] = one if (rank < k_top) != top_t else zero
+            g1[ch] = 1 if (rank < k_top) != top_t else 0
+            m1[ch] = np.float32(g1[ch])
             m2[ch] = one - m1[ch]
-        # each group's channel mean and max per pixel, on the map grid
+        # each group's channel sum and max per pixel (z = x * mask: members' values, zeros elsewhere)
         for yy in range(h):
             for xx in range(wd):
                 px = x[yy, xx]
-                for j in range(4):
-                    s1[j] = 0.0
-                    s2[j] = 0.0
-                    q1[j] = px[0] * m1[0]
-                    q2[j] = px[0] * m2[0]
-                for ch in range(0, c4, 4):
-                    for j in range(4):
-                        z1 = px[ch + j] * m1[ch + j]
-                        z2 = px[ch + j] * m2[ch + j]
-                        s1[j] += np.float64(z1)
-                        s2[j] += np.float64(z2)
-                        q1[j] = max(q1[j], z1)
-                        q2[j] = max(q2[j], z2)
-                for ch in range(c4, c):
-                    z1 = px[ch] * m1[ch]
-                    z2 = px[ch] * m2[ch]
-                    s1[0] += np.float64(z1)
-                    s2[0] += np.float64(z2)
-                    q1[0] = max(q1[0], z1)
-                    q2[0] = max(q2[0], z2)
-                t1 = (s1[0] + s1[1]) + (s1[2] + s1[3])
-                t2 = (s2[0] + s2[1]) + (s2[2] + s2[3])
-                p1 = max(max(q1[0], q1[1]), max(q1[2], q1[3]))
-                p2 = max(max(q2[0], q2[1]), max(q2[2], q2[3]))
+                i1 = np.int64(px[0] * grid) * g1[0]
+                s1, s2 = np.int64(0), np.int64(0)
+                q1, q2 = i1, np.int64(px[0] * grid) - i1
+                for ch in range(c):
+                    iv = np.int64(px[ch] * grid)
+                    i1 = iv * g1[ch]
+                    i2 = iv - i1
+                    s1 += i1
+                    s2 += i2
+                    q1 = max(q1, i1)
+                    q2 = max(q2, i2)
+                t1, t2 = np.float64(s1) * inv64, np.float64(s2) * inv64
+                p1, p2 = np.float32(q1) * inv32, np.float32(q2) * inv32
                 pooled[0, 0, yy + 1, xx + 1] = np.float32(min(max(np.rint(t1 * factors[0]), -map_lim), map_lim))
                 pooled[1, 0, yy + 1, xx + 1] = np.float32(min(max(np.rint(t2 * factors[1]), -map_lim), map_lim))
                 pooled[0, 1, yy + 1, xx + 1] = min(max(np.rint(p1 * map_scale), -map_lim), map_lim)
                 pooled[1, 1, yy + 1, xx + 1] = min(max(np.rint(p2 * map_scale), -map_lim), map_lim)
-        # three digit convolutions per group (exact integer sums), joined in order, then the table
+        # per group: three digit convolutions (exact integer sums), joined in order, then the table
         for g in range(2):
+            parts[:] = zero
+            for d in range(3):
+                for p in range(2):
+                    for ky in range(3):
+                        for kx in range(3):
+                            wgt = digits[3 * g + d, p, ky, kx]
+                            if wgt == zero:
+                                continue
+                            for yy in range(h):
+                                for xx in range(wd):
+                                    parts[d, yy, xx] += wgt * pooled[g, p, yy + ky, xx + kx]
             for yy in range(h):
                 for xx in range(wd):
-                    y = zero
-                    for d in range(3):
-                        s = zero
-                        for p in range(2):
-                            for ky in range(3):
-                                for kx in range(3):
-                                    s += digits[3 * g + d, p, ky, kx] * pooled[g, p, yy + ky, xx + kx]
-                        y = s * units[d] if d == 0 else y + s * units[d]
+                    y = parts[0, yy, xx] * units[0]
+                    y = y + parts[1, yy, xx] * units[1]
+                    y = y + parts[2, yy, xx] * units[2]
                     pos = min(max(y * sig_scale, np.float32(-half)), np.float32(half))
                     base = min(np.floor(pos), np.float32(half - 1))
                     frac = pos - base
@@ -316,6 +315,7 @@ class _Layer:
     out_shape: tuple[int, int, int]
     stride: int
     pad: int
+    grid: np.float32  # the currents are multiples of 1 / grid (a power of two: the weights' grid)
     asa: _Asa | None
     v_th: np.float32
     beta: np.float32
@@ -354,6 +354,17 @@ def _asa_plan(att: CausalASA, hw: tuple[int, int]) -> _Asa:
         sig_scale=np.float32(sa1.sigmoid.scale),
         table=sa1.sigmoid.table.numpy().astype(np.float32),
     )
+
+
+def _grid(weight: np.ndarray, bias: np.ndarray) -> np.float32:
+    """The smallest power of two ``2^k`` that makes every weight and bias an integer: a synapse's
+    currents (sums of its weights times integer inputs) are multiples of ``2^-k``."""
+    vals = np.concatenate([weight.ravel(), bias.ravel()]).astype(np.float64)
+    for k in range(64):
+        scaled = vals * 2.0**k
+        if np.array_equal(scaled, np.round(scaled)):
+            return np.float32(2.0**k)
+    raise ValueError("weights not on a dyadic grid: the event runner takes an exact network")
 
 
 def _plan(net: SpikingNet) -> list[_Layer]:
@@ -404,6 +415,7 @@ def _plan(net: SpikingNet) -> list[_Layer]:
                 out_shape=full_out,
                 stride=stride,
                 pad=pad,
+                grid=_grid(weight, bias),
                 asa=_asa_plan(att, full_out[1:]) if att is not None else None,
                 v_th=np.float32(p.v_th),
                 beta=np.float32(layer.lif.decay()),
@@ -507,7 +519,7 @@ class EventNet:
             if layer.asa is not None:
                 a = layer.asa
                 _causal_asa(
-                    cur, rows, tables[k + 1], tables[k + 2], a.score_mean, a.score_max, a.k_top, a.rho, a.tie,
+                    cur, rows, tables[k + 1], tables[k + 2], layer.grid, a.score_mean, a.score_max, a.k_top, a.rho, a.tie,
                     a.digits, a.map_scale, a.map_lim, a.factors, a.units, a.sig_scale, a.table,
                 )
                 k += 3
