@@ -371,6 +371,9 @@ def _plan(net: SpikingNet) -> list[_Layer]:
     """The exact network ``net`` as kernel parameters, layer by layer."""
     from models.runtime.exact import SaturatedCounts
 
+    first = net.layers[0].synapse
+    if not (isinstance(first, nn.Sequential) and isinstance(first[0], SaturatedCounts)):
+        raise TypeError("the event runner takes an exact network (models.runtime.exact.exact_network)")
     layers: list[_Layer] = []
     shape = (net.cfg.in_channels, *net.cfg.input_size)
     for name, layer, out_shape in zip(net.layer_names, net.layers, net.spike_shapes):

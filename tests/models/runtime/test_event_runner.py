@@ -177,6 +177,8 @@ def test_what_it_cannot_run_is_refused_clearly(tmp_path):
     five = SpikingNet(preset("five", 3, AttentionConfig(), 4, (32, 32))).eval()
     with pytest.raises(ValueError, match="max pooling"):
         EventNet(exact_network(five, exact_spec(five)))
+    with pytest.raises(TypeError, match="exact network"):
+        EventNet(load_bundle(BUNDLED / "default").net)  # the float network as trained
     with pytest.raises(ValueError, match="step-mode bundles"):
         load_runner(BUNDLED / "asa-window", "event", "cpu")
     with pytest.raises(ValueError, match="CPU"):
