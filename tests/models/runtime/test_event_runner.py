@@ -83,8 +83,12 @@ def test_each_path_equals_the_step_function(bundles, name, path):
             np.testing.assert_array_equal(got, want[i], err_msg=f"stream {i}: {state}")
 
 
-def test_a_gesture_through_the_trained_default_equals_the_step_function(bundles):
-    b = bundles["default"]
+TRAINED = [name for name in ("default", "gesture3") if (BUNDLED / name / "card.json").is_file()]
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_a_gesture_through_a_trained_bundle_equals_the_step_function(name):
+    b = load_bundle(BUNDLED / name)
     frames = _gesture_frames(b, 40)
     assert frames.sum() > 0
     ref_rows, _ = _reference(b, frames)
