@@ -322,13 +322,11 @@ class _Layer:
     reset: int
     v_reset: np.float32
 
-    @property
-    def inputs(self) -> int:
-        return int(np.prod(self.in_shape))
+    inputs: int = 0  # set from the shapes (kept as fields: the step reads them every layer)
+    neurons: int = 0
 
-    @property
-    def neurons(self) -> int:
-        return int(np.prod(self.out_shape))
+    def __post_init__(self) -> None:
+        self.inputs, self.neurons = int(np.prod(self.in_shape)), int(np.prod(self.out_shape))
 
 
 def _asa_plan(att: CausalASA, hw: tuple[int, int]) -> _Asa:
@@ -535,7 +533,7 @@ class EventNet:
                 layer.reset, layer.v_reset, x, ptr, index_buf[li],
             )
             idx, val = index_buf[li][:total], ones[:total]
-            spike_counts[:, li] = np.diff(ptr)
+            spike_counts[:, li] = ptr[1:] - ptr[:-1]
         out = x
         if self.vote > 1:
             out = out.reshape(n, self.num_classes, self.vote).sum(-1) / np.float32(self.vote)
