@@ -361,7 +361,8 @@ def model_only_capacity(
     from models.runtime.loading import load_runner
 
     kw = {"threads": threads} if backend == "onnx" else {}
-    runner = load_runner(model_dir / name, backend=backend, device="cpu", **kw)  # type: ignore[arg-type]
+    path = model_dir if (model_dir / "card.json").is_file() else model_dir / name  # a bundle, or a directory of them
+    runner = load_runner(path, backend=backend, device="cpu", **kw)  # type: ignore[arg-type]
     card = runner.card
     dt_s = card.dt_us / 1e6
     with np.load(sensor_frames) as z:
