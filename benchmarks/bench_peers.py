@@ -41,7 +41,6 @@ import argparse
 import copy
 import hashlib
 import importlib
-import json
 import os
 import subprocess
 import sys
@@ -632,13 +631,7 @@ def main(args: argparse.Namespace | None = None) -> int:
         budget=args.budget,
         steps=args.steps,
     )
-    text = format_markdown(result)
-    print()
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    if args.markdown:
-        Path(args.markdown).write_text(text)
+    bench_runtime.emit(result, format_markdown(result), args)
     return 0
 
 

@@ -772,14 +772,18 @@ def main(args: argparse.Namespace | None = None) -> int:
         device=getattr(args, "device", "cpu"),
         frames=getattr(args, "frames", "gesture"),
     )
-    text = format_markdown(result, getattr(args, "peak_tflops", None))
+    emit(result, format_markdown(result, getattr(args, "peak_tflops", None)), args)
+    return 0
+
+
+def emit(result: dict[str, Any], text: str, args: argparse.Namespace) -> None:
+    """Print the markdown; write it and the raw results where ``--markdown`` / ``--json`` say."""
     print()
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     if args.markdown:
         Path(args.markdown).write_text(text)
-    return 0
 
 
 if __name__ == "__main__":

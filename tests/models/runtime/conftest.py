@@ -31,6 +31,13 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Bundle]:
     return Lazy()
 
 
+@pytest.fixture(scope="session")
+def gesture3_paper(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    """The paper-size gesture3 (causal ASA, 2x32x32, T=60), exported once for the exactness tests
+    (verified on 12 steps: the full 60 would take several times longer)."""
+    return export("gesture3-paper", tmp_path_factory.mktemp("g3") / "b", steps=12)
+
+
 @pytest.fixture
 def frames_for():
     """``frames_for(bundle, steps, streams, seed)`` -> Poisson event frames ``[T, B, 2, H, W]``."""

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from runtime_support import export
 
 from models.runtime.bundle import load_bundle
 from models.runtime.event import EventNet, EventStepRunner, measure_crossovers
@@ -28,9 +27,9 @@ SPARSE, DENSE = 2.0, -1.0  # crossovers that force one path for every layer
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
+def bundles(gesture3_paper):
     got = {name: load_bundle(BUNDLED / name) for name in ("default", "vanilla")}
-    got["gesture3"] = export("gesture3-paper", tmp_path_factory.mktemp("g3") / "b", steps=12)
+    got["gesture3"] = gesture3_paper
     return got
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from runtime_support import export
 
 from models.runtime.bundle import load_bundle
 from models.runtime.export import random_frames
@@ -29,9 +28,9 @@ MAX_BATCH = 64
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(gesture3_paper):
     got = {name: load_bundle(BUNDLED / name) for name in ("default", "vanilla")}
-    got["gesture3"] = export("gesture3-paper", tmp_path_factory.mktemp("g3") / "b", steps=12)
+    got["gesture3"] = gesture3_paper
     return got
 
 
