@@ -263,13 +263,6 @@ def gesture_frames(card: Any, n: int, seed: int) -> Any:
     return out
 
 
-def runners_energy_macs(b: Any) -> int:
-    """Multiply-adds of the first layer per stream and step, dense (the energy model's figure)."""
-    from models.instrument import EnergyModel
-
-    return int(EnergyModel.from_network(b.exact).first_layer_macs)
-
-
 def _event_work(runner: Any, seq: Any) -> tuple[float, float, float, float]:
     """One pass of ``seq`` through fresh slots of the event runner, per stream and step: the
     accumulations executed on spikes (layers 2..L) and in layer 1, the SOPs, and the share of
@@ -463,8 +456,8 @@ def run(
                 from models.runtime.event import EventStepRunner
 
                 result["models"][label]["event_crossovers"] = {}
-                result["models"][label]["first_layer_macs"] = runners_energy_macs(b)
                 runners["event"] = EventStepRunner(b.exact, b.card)
+                result["models"][label]["first_layer_macs"] = runners["event"].energy.first_layer_macs
             for key, r in runners.items():
                 if r.device != device:  # a runner that fell back silently would measure the wrong thing
                     raise RuntimeError(f"{label} {key}: runner on {r.device!r}, asked for {device!r}")

@@ -494,10 +494,11 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
                 print(f"{card['name']}: capacity at {args.packet_ms:g} ms packets", flush=True)
                 result = find_capacity(url, args, packets, cycle, pid, lambda s: print(s, flush=True))
                 settings = dict(kv.split("=", 1) for kv in args.env)
+                backend = settings.get("ASASNN_BACKEND", "auto")
                 result["model_only"] = model_only_capacity(
                     model_dir, card["name"], packets, int(settings.get("ASASNN_MAX_BATCH", 64)),
                     int(settings.get("ASASNN_STEP_THREADS", max(1, (os.cpu_count() or 2) - 1))),
-                    {"auto": "onnx"}.get(settings.get("ASASNN_BACKEND", "auto"), settings.get("ASASNN_BACKEND", "onnx")),
+                    "onnx" if backend == "auto" else backend,  # what auto serves a bundle with a graph
                 )
                 text = capacity_report(result, args)
             else:

@@ -12,7 +12,6 @@ so nothing outside the model directory is ever read.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import re
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from models.runtime.slots import Runner
 
 Loader = Callable[..., Any]
 
-from models.runtime.bundle import CARD_FILE, ONNX_FILES
+from models.runtime.bundle import CARD_FILE, ONNX_FILES, BundleError, read_card
 
 log = logging.getLogger("asasnn.registry")
 
@@ -168,8 +167,8 @@ def resolve_backend(backend: str, path: Path) -> tuple[str, str]:
 
 def _card_mode(path: Path) -> str | None:
     try:
-        return json.loads((path / CARD_FILE).read_text()).get("mode")
-    except (OSError, ValueError, AttributeError):
+        return read_card(path).mode
+    except (BundleError, OSError):
         return None  # the loader reports a broken card
 
 

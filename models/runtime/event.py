@@ -24,8 +24,8 @@ the density above which the dense product is faster (:func:`measure_crossovers`;
 values, so the choice only changes the speed). Each step also reports the work done: synaptic
 accumulations actually executed (``ops``), next to the energy proxy's SOPs (spikes times fan-out).
 
-Kernels are compiled with numba on first use (cached on disk next to this module when writable).
-Networks with max pooling or parametric decays per neuron are not supported (``ValueError``).
+Kernels are compiled with numba when the runner is built (cached on disk where a cache is
+writable). Networks with max pooling are not supported (``ValueError``).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from torch import nn
 from models.attention import TIE_RTOL, CausalASA
 from models.network import SpikingNet
 from models.runtime.bundle import ModelCard
-from models.runtime.exact import MAP_DIGIT_BITS, MAP_DIGITS, ExactChannelScore, ExactSpatialMap, as_float32
+from models.runtime.exact import ExactChannelScore, ExactSpatialMap, as_float32, map_constants
 from models.runtime.rewrite import _fold_pool
 from models.runtime.slots import StepRunner
 
@@ -57,6 +57,8 @@ def _kernel(fn):
         return numba.njit(cache=True, **_JIT)(fn)
     except RuntimeError:  # numba: "cannot cache function ...: no locator available"
         return numba.njit(cache=False, **_JIT)(fn)
+
+
 HARD, SOFT = 0, 1
 
 
@@ -320,7 +322,7 @@ class _Layer:
     kind: str  # "conv" or "fc"
     weight: np.ndarray  # conv [Ci, K, K, Co]; fc [In, Out] (rows in the previous layer's (y, x, c) order)
     bias: np.ndarray  # [Co] float32
-    dense: nn.Module  # the same synapse for the dense path, NCHW input ([B, In] for fc)
+    dense: nn.Conv2d | None  # conv: the same synapse for the dense path (NCHW input)
     in_shape: tuple[int, int, int]  # (C, H, W), or (In, 1, 1) for fc
     out_shape: tuple[int, int, int]
     stride: int
@@ -332,11 +334,13 @@ class _Layer:
     reset: int
     v_reset: np.float32
 
-    inputs: int = 0  # set from the shapes (kept as fields: the step reads them every layer)
-    neurons: int = 0
+    @functools.cached_property
+    def inputs(self) -> int:
+        return int(np.prod(self.in_shape))
 
-    def __post_init__(self) -> None:
-        self.inputs, self.neurons = int(np.prod(self.in_shape)), int(np.prod(self.out_shape))
+    @functools.cached_property
+    def neurons(self) -> int:
+        return int(np.prod(self.out_shape))
 
 
 def _asa_plan(att: CausalASA, hw: tuple[int, int]) -> _Asa:
@@ -345,9 +349,9 @@ def _asa_plan(att: CausalASA, hw: tuple[int, int]) -> _Asa:
         raise TypeError("the event runner takes an exact network (models.runtime.exact.exact_network)")
     c, lam = att.channels, att.cfg.lam
     scale = 2.0**sa1.map_bits
-    units = [2.0 ** (MAP_DIGIT_BITS * (MAP_DIGITS - 1 - i) - sa1.weight_bits - sa1.map_bits) for i in range(MAP_DIGITS)]
     if sa2.weight_bits != sa1.weight_bits:
         raise ValueError("both spatial maps of a layer share one weight grid in the exact form")
+    factors, units = map_constants(sa1.map_bits, sa1.weight_bits, (c * lam, c * (1 - lam)))
     return _Asa(
         score_mean=as_float32(score.a / (hw[0] * hw[1])),
         score_max=score.g,
@@ -357,7 +361,7 @@ def _asa_plan(att: CausalASA, hw: tuple[int, int]) -> _Asa:
         digits=torch.cat([sa1.digits, sa2.digits]).numpy().astype(np.float32),
         map_scale=np.float32(scale),
         map_lim=np.float32(float(sa1.map_clip) * scale),
-        factors=np.array([as_float32(scale / (c * lam)), as_float32(scale / (c * (1 - lam)))], np.float64),
+        factors=np.array(factors, np.float64),
         units=np.array(units, np.float32),
         sig_scale=np.float32(sa1.sigmoid.scale),
         table=sa1.sigmoid.table.numpy().astype(np.float32),
@@ -398,16 +402,14 @@ def _plan(net: SpikingNet) -> list[_Layer]:
             w = conv.weight.detach().float()
             weight = w.permute(1, 2, 3, 0).contiguous().numpy()  # [Ci, K, K, Co]
             bias = conv.bias.detach().float().numpy() if conv.bias is not None else np.zeros(w.shape[0], np.float32)
-            kind, stride, pad, dense = "conv", conv.stride[0], conv.padding[0], conv
+            kind, stride, pad, dense = "conv", conv.stride[0], conv.padding[0], conv.requires_grad_(False)
         else:
             w = lin.weight.detach().float()  # [Out, In] with In in the previous layer's (c, y, x) order
             if len(shape) == 3 and shape[1:] != (1, 1):  # rows in (y, x, c) order, as the spikes come
                 w = w.view(w.shape[0], *shape).permute(0, 2, 3, 1).reshape(w.shape[0], -1)
             weight = w.t().contiguous().numpy()
             bias = lin.bias.detach().float().numpy() if lin.bias is not None else np.zeros(w.shape[0], np.float32)
-            kind, stride, pad = "fc", 1, 0
-            dense = nn.Linear(w.shape[1], w.shape[0], bias=False)
-            dense.weight = nn.Parameter(w.contiguous(), requires_grad=False)
+            kind, stride, pad, dense = "fc", 1, 0, None  # the dense path multiplies by `weight` itself
         if layer.lif.w is not None:
             raise ValueError(f"{name}: a learnt decay must be a constant of the exact form")
         p = layer.lif.p
@@ -421,7 +423,7 @@ def _plan(net: SpikingNet) -> list[_Layer]:
                 kind=kind,
                 weight=np.ascontiguousarray(weight, np.float32),
                 bias=np.ascontiguousarray(bias, np.float32),
-                dense=dense.eval().requires_grad_(False),
+                dense=dense,
                 in_shape=shape if len(shape) == 3 else (shape[0], 1, 1),
                 out_shape=full_out,
                 stride=stride,
@@ -457,7 +459,6 @@ class EventNet:
     """The event-driven step of an exact network on HWC state tables (see the module docstring)."""
 
     def __init__(self, exact: SpikingNet, crossovers: list[float] | None = None) -> None:
-        self.net = exact
         self.layers = _plan(exact)
         self.num_classes, self.vote = exact.cfg.num_classes, exact.cfg.vote
         n = len(self.layers)
@@ -565,6 +566,7 @@ class EventNet:
             return (y + torch.from_numpy(layer.bias)).numpy()
         c, h, w = layer.in_shape
         t = torch.from_numpy(np.ascontiguousarray(x)).view(n, h, w, c).permute(0, 3, 1, 2).contiguous()
+        assert layer.dense is not None
         y = layer.dense(t)
         return np.ascontiguousarray(y.permute(0, 2, 3, 1).numpy())
 

@@ -203,6 +203,16 @@ class ExactSpatialMap(nn.Module):
         return exact_maps(self, self.digits, total, peak, (z.shape[1] * mean_scale,))
 
 
+def map_constants(map_bits: int, weight_bits: int, counts: Sequence[float]) -> tuple[list[float], list[float]]:
+    """The constants of :func:`exact_maps`: per group the factor (a float32 value) that turns a
+    channel sum into a mean on the grid ``2^-map_bits``, and per digit the power of two that scales
+    its integer sum back to the map's units."""
+    scale = 2.0**map_bits
+    factors = [as_float32(scale / c) for c in counts]
+    units = [2.0 ** (MAP_DIGIT_BITS * (MAP_DIGITS - 1 - i) - weight_bits - map_bits) for i in range(MAP_DIGITS)]
+    return factors, units
+
+
 def exact_maps(
     arith: ExactSpatialMap, digits: Tensor, totals: Tensor, peaks: Tensor, counts: Sequence[float]
 ) -> Tensor:
@@ -212,13 +222,13 @@ def exact_maps(
     ``sigmoid(conv3x3([mean, max]))`` as ``[B, G, H, W]``."""
     scale = 2.0**arith.map_bits
     lim = float(arith.map_clip) * scale
-    factors = torch.tensor([as_float32(scale / c) for c in counts], dtype=torch.float64, device=totals.device)
+    mean_factors, units = map_constants(arith.map_bits, arith.weight_bits, counts)
+    factors = torch.tensor(mean_factors, dtype=torch.float64, device=totals.device)
     mean = torch.round(totals * factors.view(1, -1, 1, 1)).clamp(-lim, lim).float()
     peak = torch.round(peaks * scale).clamp(-lim, lim)
     pooled = torch.stack([mean, peak], dim=2).flatten(1, 2)  # [B, 2G, H, W]: (mean, max) of each group
     b, g = pooled.shape[0], len(counts)
     parts = F.conv2d(pooled, digits, padding=1, groups=g).view(b, g, MAP_DIGITS, *pooled.shape[-2:])
-    units = [2.0 ** (MAP_DIGIT_BITS * (MAP_DIGITS - 1 - i) - arith.weight_bits - arith.map_bits) for i in range(MAP_DIGITS)]
     y = parts[:, :, 0] * units[0]  # exact integer sums, scaled by powers of two, added in one order
     for i in range(1, MAP_DIGITS):
         y = y + parts[:, :, i] * units[i]
