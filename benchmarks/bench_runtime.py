@@ -456,7 +456,7 @@ def run(
                 from models.runtime.event import EventStepRunner
 
                 result["models"][label]["event_crossovers"] = {}
-                runners["event"] = EventStepRunner(b.exact, b.card)
+                runners["event"] = EventStepRunner(b.exact, b.card, threads=threads)
                 result["models"][label]["first_layer_macs"] = runners["event"].energy.first_layer_macs
             for key, r in runners.items():
                 if r.device != device:  # a runner that fell back silently would measure the wrong thing

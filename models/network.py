@@ -59,7 +59,9 @@ class Layer(nn.Module):
 
     def forward(self, x: Tensor, keep_u: bool) -> tuple[Tensor, Tensor | None]:
         t, b = x.shape[:2]
-        cur = self.synapse(x.flatten(0, 1))
+        # float32 from here on under autocast too: bfloat16 / float16 keep the synapse's products,
+        # the membrane potentials and attention statistics would lose spikes to rounding
+        cur = self.synapse(x.flatten(0, 1)).float()
         cur = cur.unflatten(0, (t, b))
         if isinstance(self.attention, CausalASA):
             cur, _ = self.attention(cur)

@@ -167,6 +167,12 @@ class TrainConfig:
     amp: bool = option(
         True, "mixed precision (float16 autocast with gradient scaling) on CUDA; ignored on the CPU"
     )
+    cpu_bf16: bool = option(
+        False,
+        "bfloat16 autocast on the CPU: convolutions and linear layers in bfloat16, LIF, attention "
+        "and loss in float32; pays where the CPU has bfloat16 units (Intel AMX / AVX512-BF16), "
+        "costs where it has none; validation stays float32",
+    )
     sync_bn: bool = option(False, "SyncBatchNorm instead of BatchNorm under torchrun (CUDA only)")
 
     def __post_init__(self) -> None:

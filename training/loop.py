@@ -101,6 +101,7 @@ class Trainer:
         self.progress = progress and self.main
         self.run_dir = Path(cfg.run_dir)
         self.use_amp = cfg.amp and self.device.type == "cuda"
+        self.use_bf16 = cfg.cpu_bf16 and self.device.type == "cpu"
 
         train_src, val_src = sources or (open_source(cfg, "train"), open_source(cfg, cfg.val_split))
         self.classes = [str(c) for c in train_src.classes]
@@ -214,7 +215,7 @@ class Trainer:
         for i, (x, y) in enumerate(bar):
             x = x.to(self.device, non_blocking=True).transpose(0, 1)  # [T, B, 2, H, W]
             y = y.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            with self._autocast():
                 out = self.model(x)
             rate = out.out.float().mean(0)
             loss = rate_loss(rate, y, self.cfg.loss)
@@ -238,6 +239,11 @@ class Trainer:
             "train_acc": correct / n,
             "train_fr": spikes / n / self.energy.total_neurons / self.cfg.timesteps,
         }
+
+    def _autocast(self) -> torch.autocast:
+        if self.use_bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp)
 
     def validate(self) -> Predictions:
         """Every validation clip, recordings sharded over the ranks, gathered on all of them."""

@@ -31,7 +31,9 @@ writable). Networks with max pooling are not supported (``ValueError``).
 from __future__ import annotations
 
 import functools
+import itertools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
@@ -466,7 +468,8 @@ class EventNet:
         if len(self.crossovers) != n:
             raise ValueError(f"{n} crossovers needed, got {len(self.crossovers)}")
         self.max_count = float(exact.layers[0].synapse[0].max_count)
-        self._buffered, self._buf = 0, []
+        self._buffered: dict[int, int] = {}  # per lane: the batch its work arrays were made for
+        self._buf: dict[int, list[np.ndarray]] = {}
 
     def state_shapes(self) -> list[tuple[int, ...]]:
         """Kernel-side state per layer: ``h [H, W, C]`` (or ``[N]``), then ``num [C]``, ``den [1]``."""
@@ -485,13 +488,13 @@ class EventNet:
     def from_network_layout(self, state: list[np.ndarray]) -> list[np.ndarray]:
         return [np.ascontiguousarray(s.transpose(1, 2, 0)) if s.ndim == 3 else s.copy() for s in state]
 
-    def _buffers(self, n: int) -> list[np.ndarray]:
-        """Work arrays for a batch of ``n`` (kept for the largest batch seen, used as views)."""
-        if n > self._buffered:
-            size = max(n, 2 * self._buffered)
+    def _buffers(self, n: int, lane: int) -> list[np.ndarray]:
+        """Work arrays of ``lane`` for a batch of ``n`` (kept for the largest batch seen, used as views)."""
+        if n > self._buffered.get(lane, 0):
+            size = max(n, 2 * self._buffered.get(lane, 0))
             neurons = [layer.neurons for layer in self.layers]
             first = self.layers[0].inputs
-            self._buf = [
+            self._buf[lane] = [
                 np.empty((size, first), np.float32),  # layer 1's input: event counts, (y, x, c) order
                 np.empty(size * first, np.int64),
                 np.empty(size * first, np.float32),
@@ -500,14 +503,15 @@ class EventNet:
                 *[np.empty((size, m), np.float32) for m in neurons],  # spikes
                 *[np.empty(size * m, np.int64) for m in neurons],  # spike indices
             ]
-            self._buffered = size
-        return self._buf
+            self._buffered[lane] = size
+        return self._buf[lane]
 
-    def step(self, rows: np.ndarray, frames: np.ndarray, tables: list[np.ndarray]) -> EventStep:
+    def step(self, rows: np.ndarray, frames: np.ndarray, tables: list[np.ndarray], lane: int = 0) -> EventStep:
         """Advance ``rows`` of the state ``tables`` (:meth:`state_shapes` with a leading slot axis)
-        with ``frames [n, C, H, W]`` (event counts)."""
+        with ``frames [n, C, H, W]`` (event counts). Steps of different ``lane``s (own work arrays)
+        may run at once on disjoint rows: the kernels release the GIL."""
         n, nl = rows.shape[0], len(self.layers)
-        buf = self._buffers(n)
+        buf = self._buffers(n, lane)
         x, idx, val, ones = buf[0][:n], buf[1], buf[2], buf[3]
         currents, spikes_buf, index_buf = buf[4 : 4 + nl], buf[4 + nl : 4 + 2 * nl], buf[4 + 2 * nl :]
         ptr = np.empty(n + 1, np.int64)
@@ -619,10 +623,19 @@ def _best_of(fn, repeat: int) -> float:
 class EventStepRunner(StepRunner):
     """Event-driven CPU backend (``backend="event"``) on an exact network: state tables in numpy,
     the step in :class:`EventNet`. Results equal the other backends' value for value; ``last_ops``
-    holds the accumulations each row of the last step executed per layer."""
+    holds the accumulations each row of the last step executed per layer. ``threads``: a batch is cut
+    into up to this many parts stepped at once (the kernels release the GIL)."""
 
-    def __init__(self, net: SpikingNet, card: ModelCard, capacity: int = 8, crossovers: list[float] | None = None) -> None:
+    def __init__(
+        self, net: SpikingNet, card: ModelCard, capacity: int = 8, crossovers: list[float] | None = None,
+        threads: int = 1,
+    ) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
         self.event = EventNet(net, crossovers)
+        self.threads = threads
+        # lanes 1.. run on these threads, lane 0 on the caller's (see _advance)
+        self._pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="asasnn-event") if threads > 1 else None
         self._tables: list[np.ndarray] = []
         self.last_ops: np.ndarray = np.zeros((0, len(self.event.layers)), np.int64)
         self.last_dense: list[bool] = []
@@ -659,9 +672,31 @@ class EventStepRunner(StepRunner):
             t[row] = v
 
     def _advance(self, rows: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        res = self.event.step(rows, frames, self._tables)
+        res = self._step(rows, frames)
         self.last_ops, self.last_dense = res.ops, res.dense
         return res.out, res.counts, np.ones(rows.shape[0], dtype=bool)
+
+    def _step(self, rows: np.ndarray, frames: np.ndarray) -> EventStep:
+        """The batch cut into ``threads`` contiguous parts stepped at once, one lane each. Rows never
+        interact, and each part picks scatter or dense by its own density (both give the same
+        values), so the cut changes the speed only."""
+        n = rows.shape[0]
+        parts = min(self.threads, n)
+        if parts < 2 or self._pool is None:
+            return self.event.step(rows, frames, self._tables)
+        cuts = np.linspace(0, n, parts + 1).round().astype(int)
+        bounds = list(itertools.pairwise(cuts))
+        pending = [
+            self._pool.submit(self.event.step, rows[a:b], frames[a:b], self._tables, lane)
+            for lane, (a, b) in enumerate(bounds[1:], start=1)
+        ]
+        done = [self.event.step(rows[: cuts[1]], frames[: cuts[1]], self._tables), *(f.result() for f in pending)]
+        return EventStep(
+            np.concatenate([d.out for d in done]),
+            np.concatenate([d.counts for d in done]),
+            np.concatenate([d.ops for d in done]),
+            [any(flags) for flags in zip(*(d.dense for d in done))],
+        )
 
 
 __all__ = ["DEFAULT_CROSSOVER", "EventNet", "EventStep", "EventStepRunner", "measure_crossovers"]

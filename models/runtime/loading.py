@@ -25,7 +25,7 @@ def load_runner(
     """A runner for a bundle. Step-mode bundles give :class:`OrtStepRunner` / :class:`TorchStepRunner`;
     window-mode bundles (paper ASA, SA) a :class:`~models.runtime.window.WindowRunner` with the same
     interface. ``capacity``: initial slots (the table grows); ``threads``: ONNX Runtime intra-op
-    threads (default: all cores); ``compile``: ``torch.compile`` and ``rewrite``: the export's
+    threads (default: all cores), or the event runner's batch parts stepped at once (default 1); ``compile``: ``torch.compile`` and ``rewrite``: the export's
     inference rewrites (torch backend, step mode; see :class:`TorchStepRunner`); ``hop``: window
     mode, evaluate every ``hop`` steps (default: the card's). ``backend="event"``: the event-driven CPU
     runner (:class:`~models.runtime.event.EventStepRunner`, step-mode bundles only)."""
@@ -44,7 +44,7 @@ def load_runner(
 
         if device == "cuda":
             raise ValueError("the event backend runs on the CPU")
-        return EventStepRunner(bundle.exact, bundle.card, capacity)
+        return EventStepRunner(bundle.exact, bundle.card, capacity, threads=threads or 1)
     if backend == "torch":
         return TorchStepRunner(bundle.exact, bundle.card, device, capacity, compile=compile, rewrite=rewrite)
     return OrtStepRunner(bundle.onnx_path, bundle.card, bundle.exact, device, capacity, threads=threads)

@@ -84,6 +84,17 @@ def test_training_lowers_the_loss(tmp_path):
     assert 0 < rows[-1]["val_nasfr"] < 1 and 0 <= rows[-1]["val_acc"] <= 1
 
 
+def test_cpu_bf16_autocast_trains(tmp_path):
+    """--cpu-bf16 is in effect (the same seeded run takes another float path) and still learns."""
+    rows = {}
+    for bf16 in (False, True):
+        run = tmp_path / str(bf16)
+        Trainer(small(run, epochs=2, cpu_bf16=bf16), sources=(Bars(64), Bars(8, seed=1)), progress=False).run()
+        rows[bf16] = log(run)
+    assert rows[True][0]["train_loss"] != rows[False][0]["train_loss"]
+    assert rows[True][-1]["train_loss"] < 0.9 * rows[True][0]["train_loss"]
+
+
 def test_checkpoint_contract(tmp_path):
     cfg = small(tmp_path, epochs=1, attention="causal-asa")
     Trainer(cfg, command="asasnn train --x", sources=(Bars(16), Bars(4, seed=1)), progress=False).run()

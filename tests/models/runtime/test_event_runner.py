@@ -82,6 +82,28 @@ def test_each_path_equals_the_step_function(bundles, name, path):
             np.testing.assert_array_equal(got, want[i], err_msg=f"stream {i}: {state}")
 
 
+def test_parts_of_a_batch_stepped_at_once_equal_the_step_function(bundles):
+    """threads=3: a batch of 7 is cut into parts of 2, 3 and 2, each on its own lane with its own
+    work arrays; dense rows in one part and sparse rows in another pick different paths."""
+    b = bundles["gesture3"]
+    runner = EventStepRunner(b.exact, b.card, capacity=2, threads=3)
+    frames = random_frames(6, 7, b.card.frame_shape, rate=0.3, seed=11)
+    frames[:, :2] = random_frames(6, 2, b.card.frame_shape, rate=6.0, seed=12)  # the first part dense
+    ref_rows, ref_state = _reference(b, frames)
+    slots = [runner.open() for _ in range(7)]
+    for t, (ref_out, ref_counts) in enumerate(ref_rows):
+        res = runner.step(slots, frames[t])
+        np.testing.assert_array_equal(res.out, ref_out, err_msg=f"step {t}")
+        np.testing.assert_array_equal(res.counts, ref_counts, err_msg=f"step {t}")
+    assert sorted(runner.event._buffered) == [0, 1, 2]  # three lanes did the work
+    assert any(runner.last_dense) and runner.last_ops.shape == (7, len(b.exact.layers))
+    for i, slot in enumerate(slots):
+        for got, want, state in zip(runner.read_state(slot), ref_state, b.exact.state_names()):
+            np.testing.assert_array_equal(got, want[i], err_msg=f"stream {i}: {state}")
+    with pytest.raises(ValueError, match="threads"):
+        EventStepRunner(b.exact, b.card, threads=0)
+
+
 TRAINED = [name for name in ("default", "gesture3") if (BUNDLED / name / "card.json").is_file()]
 
 

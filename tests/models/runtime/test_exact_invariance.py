@@ -3,7 +3,8 @@
 The property: over at least 200 random batch compositions (streams join and leave, slots are
 reused, batches of 1 to 64), every stream's outputs, spike counts, SOPs, energy and final state are
 **equal** to those of the same stream stepped alone, on the torch, the ONNX Runtime and the
-event-driven runner (whose scatter or dense synapse is chosen per step from the batch's density), for
+event-driven runner (with two threads: each batch cut in two parts stepped at once, each part
+choosing its scatter or dense synapse from its own density), for
 the bundled step models and the paper-size gesture3 network (2x32x32, causal ASA, untrained but
 calibrated so that every layer spikes). The reference is a plain step loop of the exact network in
 PyTorch at batch 1: no slot table, no rewrite, no ONNX. Equal to one reference means equal to each
@@ -97,7 +98,8 @@ def _mixed(runner, streams: list[np.ndarray], rng: np.random.Generator):
 def test_any_batch_composition_gives_each_stream_its_own_results(models, name, backend):
     b = models[name]
     streams = _streams(b, 800, seed=1)
-    runner = load_runner(b, backend, "cpu", capacity=2, **({"threads": 1} if backend == "onnx" else {}))
+    threads = {"onnx": {"threads": 1}, "event": {"threads": 2}}.get(backend, {})
+    runner = load_runner(b, backend, "cpu", capacity=2, **threads)
     rows, final, sizes = _mixed(runner, streams, np.random.default_rng(2))
     assert len(sizes) >= CALLS and max(sizes) == MAX_BATCH and min(sizes) == 1, sizes
     assert runner.capacity >= MAX_BATCH  # grown from 2, slots reused as streams left
