@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.events import ingest
 from models.events.binner import BinnerConfig
 from models.events.types import SensorSize
 from models.runtime.bundle import CARD_FILE, WEIGHTS_FILE, ModelCard
@@ -76,6 +77,7 @@ class ServiceState:
         threads = self.settings.resolved_step_threads
         try:
             await self.engine.call(set_step_threads, threads)
+            await self.engine.call(ingest.warm_up)  # the packet check compiled before the first stream
             await self.engine.call(self.registry.load_all, self.loader, threads)
         except Exception as e:  # noqa: BLE001 - reported by /readyz instead of killing the app
             self.load_error = f"{type(e).__name__}: {e}"

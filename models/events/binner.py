@@ -32,6 +32,7 @@ Timeline rules (precise, because the live service depends on them):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -108,6 +109,7 @@ class FrameBinner:
         self._lut_x = np.arange(cfg.sensor.width, dtype=np.intp) // cfg.ds
         self._lut_y = np.arange(cfg.sensor.height, dtype=np.intp) // cfg.ds * w
         self._lut_p = np.array([0, h * w], dtype=np.intp)
+        self._check_pixels = _check_kernel()
         self._k_open = 0  # grid index of the open bin
         self._gap_run = 0  # empty frames emitted since the last non-empty bin
         self._acc = np.zeros(2 * h * w, dtype=np.int64)  # counts of the open bin, flat ...
@@ -187,24 +189,14 @@ class FrameBinner:
         ``last_t`` does (raising the same :class:`EventError`, touching nothing), and return the flat
         frame index of each event (:meth:`push_timed`'s ``pixels``).
 
-        The pixel look-up tables have the sensor's size, so looking an event up is its range check:
-        a column, row or polarity out of range is an ``IndexError`` there. The time checks are two
-        scalars and one comparison. Only a bad packet runs :func:`validate_events`, to name its fault.
+        The pixel look-up tables have the sensor's size, so looking an event up is its range check.
+        One compiled pass (:func:`models.events.ingest.check_pixels`) checks and looks up every
+        event; only a bad packet runs :func:`validate_events`, to name its fault.
         """
         if events.dtype == EVENT_DTYPE and events.ndim == 1 and events.size:
-            t = events["t"]
-            t_first, t_last = int(t[0]), int(t[-1])
-            try:
-                pix: np.ndarray | None = self._pixels(events)
-            except IndexError:
-                pix = None
-            if (
-                pix is not None
-                and 0 <= t_first
-                and t_last <= MAX_T_US
-                and (self.last_t is None or t_first >= self.last_t)
-                and (t.size == 1 or bool((t[1:] >= t[:-1]).all()))
-            ):
+            pix = np.empty(events.size, dtype=np.intp)
+            t_min = 0 if self.last_t is None else self.last_t
+            if self._check_pixels(events, self._lut_x, self._lut_y, self._lut_p, t_min, MAX_T_US, pix):
                 return pix
         validate_events(events, self.cfg.sensor, self.last_t)
         if events.size:  # validate_events and the checks above disagree: a bug, never a bad packet
@@ -367,6 +359,14 @@ class FrameBinner:
             return self._no_frames
         assert self.t0 is not None
         return TimedFrames(frames, self.t0 + ks * self.cfg.dt_us)
+
+
+@functools.cache
+def _check_kernel() -> Any:
+    """The compiled check, imported with the first binner (numba is loaded only where one is used)."""
+    from models.events.ingest import check_pixels
+
+    return check_pixels
 
 
 def split_by_bins(events: np.ndarray, t0: int, dt_us: int, bins: int) -> list[np.ndarray]:

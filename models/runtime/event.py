@@ -36,36 +36,23 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import torch
 from torch import nn
 
 from models.attention import TIE_RTOL, CausalASA
+from models.jit import kernel
 from models.network import SpikingNet
 from models.runtime.bundle import ModelCard
 from models.runtime.exact import ExactChannelScore, ExactSpatialMap, as_float32, map_constants
 from models.runtime.rewrite import _fold_pool
 from models.runtime.slots import StepRunner
 
-_JIT = {"nogil": True, "error_model": "numpy"}
-
-
-def _kernel(fn):
-    """``numba.njit`` with the compiled code cached on disk (next to this module, or in
-    ``NUMBA_CACHE_DIR`` / the user's cache directory); without a cache where none is writable (a
-    read-only installation), rather than failing: the kernels then compile once per process."""
-    try:
-        return numba.njit(cache=True, **_JIT)(fn)
-    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-        return numba.njit(cache=False, **_JIT)(fn)
-
-
 HARD, SOFT = 0, 1
 
 
 # ---- kernels -------------------------------------------------------------------------------------
-@_kernel
+@kernel
 def _sparse_conv(ptr, idx, val, w, bias, in_hw, stride, pad, out):  # pragma: no cover - compiled
     """``out [B, Ho, Wo, Co]`` = bias + the weight columns of the active inputs, row by row.
 
@@ -117,7 +104,7 @@ def _sparse_conv(ptr, idx, val, w, bias, in_hw, stride, pad, out):  # pragma: no
     return ops
 
 
-@_kernel
+@kernel
 def _scatter_fc(ptr, idx, val, w, bias, out):  # pragma: no cover - compiled
     """``out [B, Out]`` = bias + the rows ``w [In, Out]`` of each row's active inputs (times value)."""
     n = ptr.shape[0] - 1
@@ -139,7 +126,7 @@ def _scatter_fc(ptr, idx, val, w, bias, out):  # pragma: no cover - compiled
     return ops
 
 
-@_kernel
+@kernel
 def _causal_asa(cur, rows, num_t, den_t, grid, score_mean, score_max, k_top, rho, tie,
                 digits, map_scale, map_lim, factors, units, sig_scale, table):  # pragma: no cover
     """Causal ASA in place on ``cur [B, H, W, C]`` (``CausalASA.step`` of the exact form), updating
@@ -248,7 +235,7 @@ def _causal_asa(cur, rows, num_t, den_t, grid, score_mean, score_max, k_top, rho
                     x[yy, xx, ch] = a1 * (v * m1[ch]) + a2 * (v * m2[ch])
 
 
-@_kernel
+@kernel
 def _frame_inputs(frames, max_count, dense, ptr, idx, val):  # pragma: no cover - compiled
     """Event counts ``frames [B, C, H, W]`` as the exact form takes them (rounded half to even,
     saturated at ``max_count``) into ``dense [B, H*W*C]`` in ``(y, x, c)`` order, and their non-zero
@@ -272,7 +259,7 @@ def _frame_inputs(frames, max_count, dense, ptr, idx, val):  # pragma: no cover 
     return k
 
 
-@_kernel
+@kernel
 def _lif(cur, rows, h_t, v_th, beta, reset, v_reset, spikes_out, ptr_out, idx_out):  # pragma: no cover
     """LIF on ``cur [B, N]`` with the state ``h_t [cap, N]`` at ``rows`` (``lif_step``'s operations in
     its order): dense spikes into ``spikes_out [B, N]``, their indices into ``idx_out`` with row
