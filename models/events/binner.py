@@ -109,11 +109,10 @@ class FrameBinner:
         self._lut_x = np.arange(cfg.sensor.width, dtype=np.intp) // cfg.ds
         self._lut_y = np.arange(cfg.sensor.height, dtype=np.intp) // cfg.ds * w
         self._lut_p = np.array([0, h * w], dtype=np.intp)
-        self._check_pixels = _check_kernel()
+        self._check_pixels, self._count_into = _kernels()
         self._k_open = 0  # grid index of the open bin
         self._gap_run = 0  # empty frames emitted since the last non-empty bin
-        self._acc = np.zeros(2 * h * w, dtype=np.int64)  # counts of the open bin, flat ...
-        self._acc_parts: list[np.ndarray] = []  # ... plus these pixels, counted when the bin is read
+        self._acc = np.zeros(2 * h * w, dtype=np.int64)  # counts of the open bin, flat
         self._acc_n = 0  # events in the open bin
         shape = cfg.frame_shape
         self._no_frames = TimedFrames(_frozen(np.zeros((0, *shape), np.float32)), _frozen(np.zeros(0, np.int64)))
@@ -131,7 +130,7 @@ class FrameBinner:
             "k_open": self._k_open,
             "gap_run": self._gap_run,
             "acc_n": self._acc_n,
-            "acc": self._open_counts().copy(),
+            "acc": self._acc.copy(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -147,7 +146,6 @@ class FrameBinner:
         self.dropped_events = ints["dropped_events"]
         self._k_open, self._gap_run, self._acc_n = ints["k_open"], ints["gap_run"], ints["acc_n"]
         self._acc = acc.astype(np.int64, copy=True)
-        self._acc_parts = []
 
     @property
     def open_bin_start(self) -> int | None:
@@ -209,31 +207,33 @@ class FrameBinner:
         cfg, t0 = self.cfg, self.t0
         assert t0 is not None
         t = events["t"]
-        # t is sorted, so the late events are a prefix.
-        first = int(np.searchsorted(t, t0 + self._k_open * cfg.dt_us, side="left"))
+        f, dt = self._acc.size, cfg.dt_us
+        start = t0 + self._k_open * dt
+        # t is sorted, so the late events are a prefix (none, in a live stream).
+        first = 0 if int(t[0]) >= start else int(np.searchsorted(t, start, side="left"))
         self.dropped_events += first
         if first == t.size:
             return self._empty()
         ev = events[first:]
         pix = self._pixels(ev) if pixels is None else pixels[first:]
-        f, dt = self._acc.size, cfg.dt_us
         k_last = (int(t[-1]) - t0) // dt
         if k_last == self._k_open:
             # The common live case, a packet shorter than a bin: it only adds to the open bin.
-            self._accumulate(pix)
+            self._count_into(pix, 0, pix.size, self._acc)
+            self._acc_n += pix.size
             return self._empty()
-        end = t0 + (self._k_open + 1) * dt
+        end = start + dt
         if k_last == self._k_open + 1 and (self._acc_n or int(t[first]) < end):
             # The other common live case: the packet completes the open bin (holding events, so no gap
             # rule applies) and ends in the next one. Same result as below, a third of the work.
             split = int(np.searchsorted(ev["t"], end, side="left"))
-            self._accumulate(pix[:split])
-            acc = self._open_counts()
+            acc = self._acc
+            self._count_into(pix, 0, split, acc)
             frame = (acc > 0 if cfg.mode == "binary" else acc).astype(np.float32)
             ks = np.array([self._k_open], dtype=np.int64)
-            self._acc = np.zeros_like(self._acc)
-            self._acc_n = 0
-            self._accumulate(pix[split:])
+            acc.fill(0)  # the frame is a copy
+            self._count_into(pix, split, pix.size, acc)
+            self._acc_n = pix.size - split
             self._k_open = k_last
             self._gap_run = 0
             self.bins_emitted += 1
@@ -247,32 +247,15 @@ class FrameBinner:
         counts = np.bincount(pix, minlength=bins.size * f).reshape(bins.size, f)
         if self._acc_n:
             if bins[0] == self._k_open:
-                counts[0] += self._open_counts()
+                counts[0] += self._acc
             else:
                 bins = np.concatenate(([self._k_open], bins))
-                counts = np.concatenate((self._open_counts()[None], counts))
+                counts = np.concatenate((self._acc[None], counts))
         done = self._complete(int(bins[-1]), bins[:-1], counts[:-1])
         # bins[-1] > the old open bin here, so the new open bin holds only this packet's events.
         self._acc = counts[-1].copy()
-        self._acc_parts = []
         self._acc_n = ev.size - int(np.searchsorted(k, k[-1]))
         return done
-
-    def _accumulate(self, pix: np.ndarray) -> None:
-        """Count events (their flat pixels) into the open bin: kept as they are until the bin is read
-        (:meth:`_open_counts`), so the packets of one bin cost one ``bincount`` together instead of
-        one each (a live stream sends several packets per timestep)."""
-        if pix.size:
-            self._acc_parts.append(pix)
-            self._acc_n += pix.size
-
-    def _open_counts(self) -> np.ndarray:
-        """The open bin's counts, with the pixels kept by :meth:`_accumulate` counted in."""
-        if self._acc_parts:
-            parts, self._acc_parts = self._acc_parts, []
-            pix = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            self._acc += np.bincount(pix, minlength=self._acc.size)
-        return self._acc
 
     def advance_to(self, t_us: int) -> np.ndarray:
         """Complete every bin ending at or before ``t_us``: the stream promises no earlier events.
@@ -303,11 +286,10 @@ class FrameBinner:
 
     def _complete_open(self, k_end: int) -> tuple[np.ndarray, np.ndarray]:
         if self._acc_n:
-            done = self._complete(k_end, np.array([self._k_open]), self._open_counts()[None])
+            done = self._complete(k_end, np.array([self._k_open]), self._acc[None])
         else:
             done = self._complete(k_end, np.zeros(0, np.int64), self._acc[None][:0])
         self._acc = np.zeros_like(self._acc)
-        self._acc_parts = []
         self._acc_n = 0
         return done
 
@@ -362,11 +344,12 @@ class FrameBinner:
 
 
 @functools.cache
-def _check_kernel() -> Any:
-    """The compiled check, imported with the first binner (numba is loaded only where one is used)."""
-    from models.events.ingest import check_pixels
+def _kernels() -> tuple[Any, Any]:
+    """The compiled packet check and counter, imported with the first binner (numba is loaded only
+    where a binner is used)."""
+    from models.events.ingest import check_pixels, count_into
 
-    return check_pixels
+    return check_pixels, count_into
 
 
 def split_by_bins(events: np.ndarray, t0: int, dt_us: int, bins: int) -> list[np.ndarray]:

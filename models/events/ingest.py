@@ -30,14 +30,23 @@ def check_pixels(events, lut_x, lut_y, lut_p, t_min, t_max, pix):  # pragma: no 
     return True
 
 
+@kernel
+def count_into(pix, lo, hi, acc):  # pragma: no cover - compiled
+    """``acc[pix[i]] += 1`` for ``lo <= i < hi``: a packet's events counted into the open bin."""
+    for i in range(lo, hi):
+        acc[pix[i]] += 1
+
+
 def warm_up() -> None:
     """Compile (or load from the cache) both variants a service meets: packets decoded from bytes
     (read-only arrays) and arrays built in memory."""
     lut = np.zeros(2, np.intp)
     writable = np.zeros(1, EVENT_DTYPE)
     readonly = np.frombuffer(writable.tobytes(), EVENT_DTYPE)
+    pix = np.zeros(1, np.intp)
     for ev in (writable, readonly):
-        check_pixels(ev, lut, lut, lut, 0, MAX_T_US, np.empty(1, np.intp))
+        check_pixels(ev, lut, lut, lut, 0, MAX_T_US, pix)
+    count_into(pix, 0, 1, np.zeros(2, np.int64))
 
 
-__all__ = ["check_pixels", "warm_up"]
+__all__ = ["check_pixels", "count_into", "warm_up"]
