@@ -97,6 +97,8 @@ class Session:
         m, model = self.metrics, self.model  # the label children of the hot paths, looked up once
         self._m_events = m.events_received.labels(model)
         self._m_packets = m.packets_received.labels(model)
+        # accepted input, added to the two counters above once per timestep rather than per packet
+        self._unreported = [0, 0]  # events, packets
         self._m_skipped = m.skipped_steps.labels(model)
         self._m_queue = m.queue_depth.labels(model)
         self._m_predictions: dict[int, Any] = {}
@@ -122,6 +124,7 @@ class Session:
             self.metrics.sessions_started.labels(self.model).inc()
 
     async def close(self) -> None:
+        self._report_input()
         self.watchers.close(self.failed.code if self.failed is not None else "closed")
         if self.slot is not None:
             slot, self.slot = self.slot, None
@@ -186,8 +189,8 @@ class Session:
             )
         if self._drained.is_set():
             self._warned_backpressure = False  # caught up: the next overload is a new episode
-        self._m_events.inc(n)
-        self._m_packets.inc()
+        self._unreported[0] += n
+        self._unreported[1] += 1
         if self.first_t is None:
             self.first_t = int(events["t"][0])
         self.events += n
@@ -244,10 +247,18 @@ class Session:
         """Run the open bin now if it holds events (a short last timestep)."""
         await self._enqueue(self.binner.flush_timed(), arrived_at)
 
+    def _report_input(self) -> None:
+        events, packets = self._unreported
+        if packets:
+            self._m_events.inc(events)
+            self._m_packets.inc(packets)
+            self._unreported = [0, 0]
+
     async def _enqueue(self, done: TimedFrames, arrived_at: float | None) -> None:
         frames, starts = done
         if not len(frames):
             return
+        self._report_input()
         arrived_at = time.perf_counter() if arrived_at is None else arrived_at
         sched = self.worker.scheduler
         for frame, t_start in zip(frames, starts.tolist()):
@@ -321,6 +332,7 @@ class Session:
     async def finish(self, arrived_at: float | None = None) -> dict[str, Any]:
         """Flush, wait for every step to run, return the summary (the ``end`` message body)."""
         await self.flush(arrived_at)
+        self._report_input()
         await self.drain()
         return self.summary()
 

@@ -67,7 +67,10 @@ class Metrics:
         )
         # input
         self.events_received = Counter(
-            "asasnn_events_received_total", "Events accepted from clients", m, registry=r
+            "asasnn_events_received_total",
+            "Events accepted from clients (added when a timestep completes and when a session ends)",
+            m,
+            registry=r,
         )
         self.events_rejected = Counter(
             "asasnn_events_rejected_total",
@@ -88,7 +91,10 @@ class Metrics:
             registry=r,
         )
         self.packets_received = Counter(
-            "asasnn_packets_received_total", "Binary event packets accepted", m, registry=r
+            "asasnn_packets_received_total",
+            "Binary event packets accepted (added when a timestep completes and when a session ends)",
+            m,
+            registry=r,
         )
         # sessions
         self.sessions_started = Counter(
