@@ -18,6 +18,9 @@ Reported (the first ``--warmup`` seconds left out):
   the timestep (binning, waiting for a batch and the worker thread);
 * ``step``: ``latency_ms.step``, the batched model call;
 * steps/s over the run and the mean batch size (``asasnn_batch_size`` from ``/metrics``);
+* the model call's mean wall time and the CPU time of its thread (``asasnn_step_latency_seconds``,
+  ``asasnn_step_cpu_seconds_total``): wall well above CPU means the call waited for a core or the
+  GIL, i.e. the model and the event loop compete for the machine;
 * the cost of a session snapshot (docs/protocol.md, "Snapshots"): before ``stop`` each stream asks
   for one; its size in bytes and the milliseconds from the request to the snapshot arriving.
 
@@ -300,6 +303,8 @@ def run_streams(
     after = scrape(url)
     steps = _sum(after, "asasnn_steps_total") - _sum(before, "asasnn_steps_total")
     batches = _sum(after, "asasnn_batch_size_count") - _sum(before, "asasnn_batch_size_count")
+    step_wall = _sum(after, "asasnn_step_latency_seconds_sum") - _sum(before, "asasnn_step_latency_seconds_sum")
+    step_cpu = _sum(after, "asasnn_step_cpu_seconds_total") - _sum(before, "asasnn_step_cpu_seconds_total")
     merged: dict[str, Any] = {k: [] for k in ("e2e_client_ms", "e2e_server_ms", "step_ms", "snapshot_ms",
                                                "snapshot_bytes", "errors")}
     counts = dict.fromkeys(("connected", "predictions", "expected", "out_of_order", "duplicates", "late_sends"), 0)
@@ -330,6 +335,10 @@ def run_streams(
         "steps": steps,
         "steps_per_s": steps / wall if wall else float("nan"),
         "mean_batch": steps / batches if batches else float("nan"),
+        # per model call, from /metrics: wall time, and the CPU time of the calling thread (the rest
+        # is waiting for a core or the GIL)
+        "step_wall_mean_ms": 1e3 * step_wall / batches if batches else float("nan"),
+        "step_cpu_mean_ms": 1e3 * step_cpu / batches if batches else float("nan"),
         **counts,
         "lost": lost,
         "errors": merged["errors"][:5],
@@ -455,7 +464,10 @@ def report(r: dict[str, Any]) -> str:
             f"{r['model']}: {r['streams']} streams at {r['speed']:g}x real time, {r['packet_ms']:g} ms packets "
             f"({r['offered_steps_per_s']:.0f} steps/s offered), {r['wall_s']:.1f} s"
         ),
-        f"  {r['steps']:.0f} steps, {r['steps_per_s']:.0f} steps/s, mean batch {r['mean_batch']:.2f}",
+        (
+            f"  {r['steps']:.0f} steps, {r['steps_per_s']:.0f} steps/s, mean batch {r['mean_batch']:.2f}, "
+            f"model call mean {r['step_wall_mean_ms']:.2f} ms (CPU of its thread {r['step_cpu_mean_ms']:.2f} ms)"
+        ),
         summary_line(r),
         row("e2e server", r["e2e_server_ms"]),
         row("e2e client", r["e2e_client_ms"]),

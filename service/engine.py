@@ -58,9 +58,10 @@ class ModelWorker:
     def execute(self, sched: SchedulerOutput) -> ModelOutput:
         """Run one batch (on the worker thread)."""
         frames = sched.stack_frames()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         res = self.runner.step(sched.slots, frames)
-        return ModelOutput(res.out, res.counts, res.sops, res.energy_j, time.perf_counter() - t0, res.evaluated, t0)
+        wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+        return ModelOutput(res.out, res.counts, res.sops, res.energy_j, wall, res.evaluated, t0, cpu)
 
 
 class Engine:
@@ -170,6 +171,7 @@ class Engine:
             float(output.sops.sum()),
             float(output.energy_j.sum()),
             output.step_s,
+            output.cpu_s,
         )
         for r in results:
             consumer = sessions.get(r.request.session_id)

@@ -68,6 +68,7 @@ class ModelOutput:
     step_s: float  # seconds the model call took
     evaluated: np.ndarray | None = None  # [n] bool: fresh output (window models: every hop steps)
     started_at: float = 0.0  # time.perf_counter() when the model call started
+    cpu_s: float = 0.0  # CPU time of the calling thread during the call (step_s - cpu_s: waiting)
 
 
 @dataclass
@@ -83,6 +84,7 @@ class StepOutput:
     batch_size: int
     evaluated: bool = True
     started_at: float = 0.0  # time.perf_counter() when the model call started
+    cpu_s: float = 0.0  # CPU time of the calling thread during the call (step_s - cpu_s: waiting)
 
 
 @dataclass

@@ -142,6 +142,13 @@ class Metrics:
         self.batch_size = Histogram(
             "asasnn_batch_size", "Streams per model call", m, buckets=BATCH_BUCKETS, registry=r
         )
+        self.step_cpu = Counter(
+            "asasnn_step_cpu_seconds_total",
+            "CPU time of the model calls' own thread (the step latency's sum well above it: the call "
+            "waited for a core or the GIL)",
+            m,
+            registry=r,
+        )
         self.step_latency = Histogram(
             "asasnn_step_latency_seconds",
             "Duration of one batched model call",
@@ -255,6 +262,7 @@ class Metrics:
             self.backpressure_wait,
             self.batch_size,
             self.step_latency,
+            self.step_cpu,
             self.e2e_latency,
         ):
             family.labels(name)
@@ -284,6 +292,7 @@ class Metrics:
         sops: float,
         energy_j: float,
         step_s: float,
+        step_cpu_s: float = 0.0,
     ) -> None:
         """Account one model call; ``counts`` is ``[n, L]`` spikes per stream and layer."""
         c = self._children.get(model)
@@ -293,6 +302,7 @@ class Metrics:
         c.steps.inc(n)
         c.batch_size.observe(n)
         c.step_latency.observe(step_s)
+        c.step_cpu.inc(step_cpu_s)
         c.sops.inc(max(sops, 0.0))
         c.energy.inc(max(energy_j, 0.0))
         first = self._first_layer_j.get(model, 0.0) * n
@@ -325,6 +335,7 @@ class _BatchChildren:
         self.steps = m.steps.labels(model)
         self.batch_size = m.batch_size.labels(model)
         self.step_latency = m.step_latency.labels(model)
+        self.step_cpu = m.step_cpu.labels(model)
         self.sops = m.sops.labels(model)
         self.energy = m.energy.labels(model)
         self.energy_first_layer = m.energy_first_layer.labels(model)
