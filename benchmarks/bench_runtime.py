@@ -472,7 +472,8 @@ def run(
                     from models.runtime.event import measure_crossovers
 
                     ev = runners["event"].event
-                    ev.crossovers = measure_crossovers(ev, batch=min(n, 32))
+                    part = -(-n // runners["event"].threads)  # each of the runner's parts is this big
+                    ev.crossovers = measure_crossovers(ev, batch=min(part, 32))
                     result["models"][label]["event_crossovers"][str(n)] = dict(zip(b.exact.layer_names, ev.crossovers))
                     work = _event_work(runners["event"], seq)
                 opened = {key: [r.open() for _ in range(n)] for key, r in runners.items()}
