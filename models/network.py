@@ -59,9 +59,10 @@ class Layer(nn.Module):
 
     def forward(self, x: Tensor, keep_u: bool) -> tuple[Tensor, Tensor | None]:
         t, b = x.shape[:2]
-        # float32 from here on under autocast too: bfloat16 / float16 keep the synapse's products,
-        # the membrane potentials and attention statistics would lose spikes to rounding
-        cur = self.synapse(x.flatten(0, 1)).float()
+        # at least float32 from here on under autocast too: bfloat16 / float16 keep the synapse's
+        # products, the membrane potentials and attention statistics would lose spikes to rounding
+        cur = self.synapse(x.flatten(0, 1))
+        cur = cur.to(torch.promote_types(cur.dtype, torch.float32))
         cur = cur.unflatten(0, (t, b))
         if isinstance(self.attention, CausalASA):
             cur, _ = self.attention(cur)

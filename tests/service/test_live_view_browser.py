@@ -152,6 +152,12 @@ def click(driver: Any, selector: str) -> None:
     assert driver.execute_script(f"const e = document.querySelector('{selector}'); e && e.click(); return !!e;")
 
 
+def selected_text(driver: Any, selector: str) -> str:
+    """The text of an element of the list, read in the page (see :func:`click`): "" while it is
+    being redrawn."""
+    return driver.execute_script(f"const e = document.querySelector('{selector}'); return e ? e.innerText : '';")
+
+
 def shows(driver: Any, p: dict) -> bool:
     return text(driver, "step") == str(p["step"]) and text(driver, "label") == p["label"]
 
@@ -203,7 +209,7 @@ def test_the_demo_button_and_the_offline_docs(live, browser, tmp_path):
     digest = canvas_digest(browser)
     wait(browser, lambda d: canvas_digest(d) != digest, "the demo's frames to move")
     row = f'tr[data-session="{sid}"]'
-    assert "(demo)" in browser.find_element(By.CSS_SELECTOR, row).text
+    wait(browser, lambda d: "(demo)" in selected_text(d, row), "the demo's row in the list")
     shot = README_SCREENSHOT if os.environ.get("ASASNN_UPDATE_SCREENSHOT") == "1" else tmp_path / "live-view.png"
     save_screenshot(browser, shot)
     assert shot.stat().st_size > 10_000, "an empty page"
