@@ -85,6 +85,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "alone in the same run",
     )
     p.add_argument("--max-streams", type=int, default=4096, help="upper bound for --find-capacity")
+    p.add_argument(
+        "--confirm-seconds",
+        type=float,
+        default=0.0,
+        help="--find-capacity: run the capacity found this long again, 10 %% fewer streams until one holds "
+        "(short probes can pass at a load the server does not sustain); 0: no confirmation",
+    )
     p.add_argument("--json", help="write the results here")
 
 
@@ -195,7 +202,8 @@ def packet_file(sensor: tuple[int, int], args: argparse.Namespace, out: Path) ->
     offset), written for the generators; and the number of packets of one pass over the gestures."""
     packet_us = max(1, int(args.packet_ms * 1000))
     packets, period = gestures(sensor, args.gestures, packet_us)
-    needed = int(args.seconds * args.speed * 1e6 / packet_us) + 2 * len(packets) + 2
+    seconds = max(args.seconds, getattr(args, "confirm_seconds", 0.0) or 0.0)
+    needed = int(seconds * args.speed * 1e6 / packet_us) + 2 * len(packets) + 2
     it = replay(packets, period, 0)
     seq = [next(it) for _ in range(needed)]
     ends = np.cumsum([len(q) for q in seq])
@@ -413,26 +421,40 @@ def model_only_capacity(
 # ---- capacity: bisect N ------------------------------------------------------------------------------------
 def find_capacity(url: str, args: argparse.Namespace, packets: Path, cycle: int, pid: int | None, log) -> dict:
     """The most streams that stay real time (every prediction, in order, client e2e p99 below dt):
-    double from ``--streams`` until a run fails, then bisect to within ~5 %."""
+    double from ``--streams`` until a run fails, then bisect to within ~5 %; with
+    ``--confirm-seconds``, then run that many streams that long, 10 % fewer until a run holds."""
     runs: list[dict[str, Any]] = []
 
-    def probe(n: int) -> bool:
-        r = run_streams(url, args, n, packets, cycle, pid)
+    def probe(n: int, probe_args: argparse.Namespace = args) -> bool:
+        r = run_streams(url, probe_args, n, packets, cycle, pid)
+        r["seconds"] = probe_args.seconds
         runs.append(r)
-        log(summary_line(r))
+        log(summary_line(r) + f"  ({probe_args.seconds:g} s)")
         wait_idle(url)
         return r["real_time"]
+
+    found = _bisect(probe, args)
+    if not args.confirm_seconds or not found.get("streams"):
+        return {**found, "runs": runs}
+    long = argparse.Namespace(**{**vars(args), "seconds": args.confirm_seconds})
+    n = found["streams"]
+    while n > 0 and not probe(n, long):
+        n = min(n - 1, int(n * 0.9))
+    return {**found, "confirmed": n, "confirm_seconds": args.confirm_seconds, "runs": runs}
+
+
+def _bisect(probe, args: argparse.Namespace) -> dict[str, Any]:
 
     lo, hi = 0, min(max(1, args.streams), args.max_streams)
     while probe(hi):
         lo = hi
         if hi >= args.max_streams:
-            return {"streams": lo, "runs": runs, "at_max_streams": True}
+            return {"streams": lo, "at_max_streams": True}
         hi = min(hi * 2, args.max_streams)
     while hi - lo > max(1, lo // 20):
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if probe(mid) else (lo, mid)
-    return {"streams": lo, "runs": runs}
+    return {"streams": lo}
 
 
 def wait_idle(url: str, timeout: float = 120) -> None:
@@ -526,8 +548,12 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
 def capacity_report(result: dict[str, Any], args: argparse.Namespace) -> str:
     mo = result["model_only"]
     e2e = result["streams"]
+    held = (
+        f" ({result['confirmed']} held for {result['confirm_seconds']:g} s)" if "confirmed" in result else ""
+    )
     return (
-        f"end to end ({args.packet_ms:g} ms packets): {e2e} real-time streams; model alone "
+        f"end to end ({args.packet_ms:g} ms packets): {e2e} real-time streams in {args.seconds:g} s probes{held}; "
+        "model alone "
         f"({mo.get('backend', 'onnx')} backend, {mo['threads']} thread(s), batches of <= {mo['max_batch']}): {mo['streams']} streams "
         f"(p99 of a round below dt {mo['dt_ms']:g} ms); ratio {e2e / max(mo['streams'], 1):.3f}"
     )
