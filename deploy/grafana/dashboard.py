@@ -329,11 +329,18 @@ def build() -> dict[str, Any]:
             [
                 *quantiles("asasnn_step_latency_seconds"),
                 target(f"max by (model) (asasnn_model_timestep_seconds{{{SEL}}})", "timestep {{model}}", "D"),
+                target(
+                    f"sum by (model) (rate(asasnn_step_cpu_seconds_total{{{SEL}}}[{RI}])) / "
+                    f"sum by (model) (rate(asasnn_step_latency_seconds_count{{{SEL}}}[{RI}]))",
+                    "CPU per call {{model}}",
+                    "E",
+                ),
             ],
             (0, y, 12, 8),
             "s",
             "Must stay below the model's timestep (the timestep series, asasnn_model_timestep_seconds) to keep "
-            "up with real time; AsasnnStepLatencyOverTimestep fires when p99 does not.",
+            "up with real time; AsasnnStepLatencyOverTimestep fires when p99 does not. CPU per call: the "
+            "mean CPU time of the calling thread; a call's wall time far above it waited for a core or the GIL.",
         )
     )
     P.append(
