@@ -228,12 +228,12 @@ def test_session_limits_idle_and_rate(model_dir):
             await a.send_events(events(3_000_000, 1500))
             err = await a.wait_for("error")
             assert err["code"] == "rate_limited" and "20 events/s" in err["message"]
+            await a.close()  # now: a left idle as long as b would be closed for idling as well
             # idle: b says nothing
             err = await b.wait_for("error", timeout=5)
             assert err["code"] == "idle_timeout" and err["fatal"]
             await asyncio.wait_for(b._reader, 5)  # the close follows the error
             assert b.close_code == 4408
-            await a.close()
 
         run(go())
         assert srv.metric("asasnn_events_rejected_total", model="default", reason="rate_limited") == 1500
