@@ -84,7 +84,6 @@ class StepOutput:
     batch_size: int
     evaluated: bool = True
     started_at: float = 0.0  # time.perf_counter() when the model call started
-    cpu_s: float = 0.0  # CPU time of the calling thread during the call (step_s - cpu_s: waiting)
 
 
 @dataclass

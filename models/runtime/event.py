@@ -455,8 +455,7 @@ class EventNet:
         if len(self.crossovers) != n:
             raise ValueError(f"{n} crossovers needed, got {len(self.crossovers)}")
         self.max_count = float(exact.layers[0].synapse[0].max_count)
-        self._buffered: dict[int, int] = {}  # per lane: the batch its work arrays were made for
-        self._buf: dict[int, list[np.ndarray]] = {}
+        self._buf: dict[int, list[np.ndarray]] = {}  # per lane: work arrays for its largest batch
 
     def state_shapes(self) -> list[tuple[int, ...]]:
         """Kernel-side state per layer: ``h [H, W, C]`` (or ``[N]``), then ``num [C]``, ``den [1]``."""
@@ -477,8 +476,9 @@ class EventNet:
 
     def _buffers(self, n: int, lane: int) -> list[np.ndarray]:
         """Work arrays of ``lane`` for a batch of ``n`` (kept for the largest batch seen, used as views)."""
-        if n > self._buffered.get(lane, 0):
-            size = max(n, 2 * self._buffered.get(lane, 0))
+        made = self._buf[lane][0].shape[0] if lane in self._buf else 0
+        if n > made:
+            size = max(n, 2 * made)
             neurons = [layer.neurons for layer in self.layers]
             first = self.layers[0].inputs
             self._buf[lane] = [
@@ -490,7 +490,6 @@ class EventNet:
                 *[np.empty((size, m), np.float32) for m in neurons],  # spikes
                 *[np.empty(size * m, np.int64) for m in neurons],  # spike indices
             ]
-            self._buffered[lane] = size
         return self._buf[lane]
 
     def step(self, rows: np.ndarray, frames: np.ndarray, tables: list[np.ndarray], lane: int = 0) -> EventStep:
@@ -621,7 +620,7 @@ class EventStepRunner(StepRunner):
             raise ValueError(f"threads must be at least 1, got {threads}")
         self.event = EventNet(net, crossovers)
         self.threads = threads
-        # lanes 1.. run on these threads, lane 0 on the caller's (see _advance)
+        # lanes 1.. run on these threads, lane 0 on the caller's (see _step)
         self._pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="asasnn-event") if threads > 1 else None
         self._tables: list[np.ndarray] = []
         self.last_ops: np.ndarray = np.zeros((0, len(self.event.layers)), np.int64)
@@ -672,12 +671,12 @@ class EventStepRunner(StepRunner):
         if parts < 2 or self._pool is None:
             return self.event.step(rows, frames, self._tables)
         cuts = np.linspace(0, n, parts + 1).round().astype(int)
-        bounds = list(itertools.pairwise(cuts))
+        (a0, b0), *others = itertools.pairwise(cuts)
         pending = [
             self._pool.submit(self.event.step, rows[a:b], frames[a:b], self._tables, lane)
-            for lane, (a, b) in enumerate(bounds[1:], start=1)
+            for lane, (a, b) in enumerate(others, start=1)
         ]
-        done = [self.event.step(rows[: cuts[1]], frames[: cuts[1]], self._tables), *(f.result() for f in pending)]
+        done = [self.event.step(rows[a0:b0], frames[a0:b0], self._tables), *(f.result() for f in pending)]
         return EventStep(
             np.concatenate([d.out for d in done]),
             np.concatenate([d.counts for d in done]),

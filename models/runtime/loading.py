@@ -25,9 +25,10 @@ def load_runner(
     """A runner for a bundle. Step-mode bundles give :class:`OrtStepRunner` / :class:`TorchStepRunner`;
     window-mode bundles (paper ASA, SA) a :class:`~models.runtime.window.WindowRunner` with the same
     interface. ``capacity``: initial slots (the table grows); ``threads``: ONNX Runtime intra-op
-    threads (default: all cores), or the event runner's batch parts stepped at once (default 1); ``compile``: ``torch.compile`` and ``rewrite``: the export's
-    inference rewrites (torch backend, step mode; see :class:`TorchStepRunner`); ``hop``: window
-    mode, evaluate every ``hop`` steps (default: the card's). ``backend="event"``: the event-driven CPU
+    threads (default: all cores), or the event runner's batch parts stepped at once (default 1);
+    ``compile``: ``torch.compile`` and ``rewrite``: the export's inference rewrites (torch backend,
+    step mode; see :class:`TorchStepRunner`); ``hop``: window mode, evaluate every ``hop`` steps
+    (default: the card's). ``backend="event"``: the event-driven CPU
     runner (:class:`~models.runtime.event.EventStepRunner`, step-mode bundles only)."""
     if backend not in ("torch", "onnx", "event"):
         raise ValueError(f"backend must be 'torch', 'onnx' or 'event', got {backend!r}")

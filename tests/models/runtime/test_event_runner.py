@@ -95,7 +95,7 @@ def test_parts_of_a_batch_stepped_at_once_equal_the_step_function(bundles):
         res = runner.step(slots, frames[t])
         np.testing.assert_array_equal(res.out, ref_out, err_msg=f"step {t}")
         np.testing.assert_array_equal(res.counts, ref_counts, err_msg=f"step {t}")
-    assert sorted(runner.event._buffered) == [0, 1, 2]  # three lanes did the work
+    assert sorted(runner.event._buf) == [0, 1, 2]  # three lanes did the work
     assert any(runner.last_dense) and runner.last_ops.shape == (7, len(b.exact.layers))
     for i, slot in enumerate(slots):
         for got, want, state in zip(runner.read_state(slot), ref_state, b.exact.state_names()):
