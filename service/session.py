@@ -98,7 +98,7 @@ class Session:
         self._m_events = m.events_received.labels(model)
         self._m_packets = m.packets_received.labels(model)
         # accepted input, added to the two counters above once per timestep rather than per packet
-        self._unreported = [0, 0]  # events, packets
+        self._unreported_events = self._unreported_packets = 0
         self._m_skipped = m.skipped_steps.labels(model)
         self._m_queue = m.queue_depth.labels(model)
         self._m_predictions: dict[int, Any] = {}
@@ -189,8 +189,8 @@ class Session:
             )
         if self._drained.is_set():
             self._warned_backpressure = False  # caught up: the next overload is a new episode
-        self._unreported[0] += n
-        self._unreported[1] += 1
+        self._unreported_events += n
+        self._unreported_packets += 1
         if self.first_t is None:
             self.first_t = int(events["t"][0])
         self.events += n
@@ -248,11 +248,10 @@ class Session:
         await self._enqueue(self.binner.flush_timed(), arrived_at)
 
     def _report_input(self) -> None:
-        events, packets = self._unreported
-        if packets:
-            self._m_events.inc(events)
-            self._m_packets.inc(packets)
-            self._unreported = [0, 0]
+        if self._unreported_packets:
+            self._m_events.inc(self._unreported_events)
+            self._m_packets.inc(self._unreported_packets)
+            self._unreported_events = self._unreported_packets = 0
 
     async def _enqueue(self, done: TimedFrames, arrived_at: float | None) -> None:
         frames, starts = done
