@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from models.runtime.slots import Runner
-from service.scheduler import ModelOutput, Scheduler, SchedulerOutput, StepOutput
+from service.scheduler import ModelOutput, Scheduler, SchedulerOutput, StepOutput, StepRequest
 from service.telemetry import Metrics
 
 log = logging.getLogger("asasnn.engine")
@@ -111,8 +111,22 @@ class Engine:
         await self.call(w.runner.reset, slot)
         return dropped
 
+    def submit(
+        self, model: str, session_id: str, index: int, t_start_us: int, frame: Any, arrived_at: float
+    ) -> None:
+        """Queue a session's next timestep (in its current epoch, see :meth:`reset`) and wake the loop."""
+        w = self.workers[model]
+        sched = w.scheduler
+        sched.enqueue(StepRequest(session_id, sched.epoch(session_id), index, t_start_us, frame, arrived_at))
+        w.queue_gauge.set(sched.depth)
+        self._wake.set()
+
+    def queued(self, model: str, session_id: str) -> int:
+        """A session's timesteps waiting to run (its backpressure measure)."""
+        return self.workers[model].scheduler.queue_len(session_id)
+
     def notify(self) -> None:
-        """Something may be ready to run (a step queued, an outbox drained)."""
+        """Something may be ready to run (an outbox drained)."""
         self._wake.set()
 
     # ---- loop ------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from service import messages, snapshot
 from service.engine import Engine, ModelWorker
 from service.protocol import ProtocolError
 from service.results import Totals
-from service.scheduler import StepOutput, StepRequest
+from service.scheduler import StepOutput
 from service.schemas import OutputOptions, ReadoutOptions
 from service.snapshot import Snapshot, SnapshotError
 from service.telemetry import Metrics
@@ -100,7 +100,6 @@ class Session:
         # accepted input, added to the two counters above once per timestep rather than per packet
         self._unreported_events = self._unreported_packets = 0
         self._m_skipped = m.skipped_steps.labels(model)
-        self._m_queue = m.queue_depth.labels(model)
         self._m_predictions: dict[int, Any] = {}
         self.watchers = Watchers(cfg.binner)  # read-only viewers (service/watch.py), never waited for
         self._new_epoch()
@@ -178,15 +177,16 @@ class Session:
             return
         self._take_tokens(n)
         lim = self.cfg.limits
-        sched = self.worker.scheduler
-        if lim.backpressure == "drop" and sched.queue_len(self.id) >= lim.max_queue_steps:
-            self.metrics.backpressure.labels(self.model, "drop").inc()
-            raise self._reject(
-                "overloaded",
-                n,
-                f"packet of {n} events dropped: {sched.queue_len(self.id)} timesteps are already waiting "
-                f"(limit {lim.max_queue_steps}); send slower or at real-time speed",
-            )
+        if lim.backpressure == "drop":
+            queued = self.engine.queued(self.model, self.id)
+            if queued >= lim.max_queue_steps:
+                self.metrics.backpressure.labels(self.model, "drop").inc()
+                raise self._reject(
+                    "overloaded",
+                    n,
+                    f"packet of {n} events dropped: {queued} timesteps are already waiting "
+                    f"(limit {lim.max_queue_steps}); send slower or at real-time speed",
+                )
         if self._drained.is_set():
             self._warned_backpressure = False  # caught up: the next overload is a new episode
         self._unreported_events += n
@@ -259,20 +259,16 @@ class Session:
             return
         self._report_input()
         arrived_at = time.perf_counter() if arrived_at is None else arrived_at
-        sched = self.worker.scheduler
         for frame, t_start in zip(frames, starts.tolist()):
             await self._wait_room()
-            sched.enqueue(
-                StepRequest(self.id, sched.epoch(self.id), self.next_index, t_start, frame, arrived_at)
-            )
+            self.engine.submit(self.model, self.id, self.next_index, t_start, frame, arrived_at)
             self.next_index += 1
             self._drained.clear()
-            self.engine.notify()
-        self._m_queue.set(sched.depth)
 
     async def _wait_room(self) -> None:
-        lim, sched = self.cfg.limits, self.worker.scheduler
-        if sched.queue_len(self.id) < lim.max_queue_steps:
+        lim = self.cfg.limits
+        queued = self.engine.queued(self.model, self.id)
+        if queued < lim.max_queue_steps:
             return
         self.metrics.backpressure.labels(self.model, "wait").inc()
         if not self._warned_backpressure:
@@ -280,13 +276,13 @@ class Session:
             self.emit(
                 messages.warning(
                     "backpressure",
-                    f"{sched.queue_len(self.id)} timesteps waiting (limit {lim.max_queue_steps}): the server "
+                    f"{queued} timesteps waiting (limit {lim.max_queue_steps}): the server "
                     "stops reading this session until they have run; stream at real-time speed to avoid it",
                 )
             )
         t0 = time.perf_counter()
         try:
-            while sched.queue_len(self.id) >= lim.max_queue_steps:
+            while self.engine.queued(self.model, self.id) >= lim.max_queue_steps:
                 self._check_alive(t0)
                 self._room.clear()
                 try:  # a timeout scope, not wait_for: no task per wait (a busy server waits a lot)
@@ -350,7 +346,7 @@ class Session:
 
     def on_batch_done(self) -> None:
         self._room.set()
-        if self.worker.scheduler.queue_len(self.id) == 0:
+        if self.engine.queued(self.model, self.id) == 0:
             self._drained.set()
 
     def on_failure(self, code: str, message: str) -> None:

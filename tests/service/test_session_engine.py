@@ -131,7 +131,7 @@ def test_drop_backpressure_refuses_what_does_not_fit_and_reset_drops_the_queue(m
         s = await rig.session(max_queue_steps=3, backpressure="drop")
         for p in _packets(4):  # four timesteps completed... three fit
             await s.feed(p)
-        assert rig.worker.scheduler.queue_len(s.id) == 3
+        assert rig.worker.scheduler.queue_len(s.id) == 3 == rig.engine.queued(s.model, s.id)
         with pytest.raises(ProtocolError) as e:
             await s.feed(_packets(6)[5])
         assert e.value.code == "overloaded" and not e.value.fatal
