@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+import numpy as np
+
 from models.runtime.slots import Runner
 from service.scheduler import ModelOutput, Scheduler, SchedulerOutput, StepOutput, StepRequest
 from service.telemetry import Metrics
@@ -112,7 +114,7 @@ class Engine:
         return dropped
 
     def submit(
-        self, model: str, session_id: str, index: int, t_start_us: int, frame: Any, arrived_at: float
+        self, model: str, session_id: str, index: int, t_start_us: int, frame: np.ndarray, arrived_at: float
     ) -> None:
         """Queue a session's next timestep (in its current epoch, see :meth:`reset`) and wake the loop."""
         w = self.workers[model]
