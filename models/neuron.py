@@ -105,6 +105,11 @@ def lif_multistep(
 ) -> LIFOutput:
     """Run :func:`lif_step` over the leading time axis of ``x`` ([T, B, ...])."""
     h = torch.zeros_like(x[0]) if h is None else h
+    if _compiled_window(x, h, p, p.beta if beta is None else beta, keep_u):
+        from models.lif_window import lif_window
+
+        s, h = lif_window(x, h, p.v_th, float(p.beta if beta is None else beta), p.width)
+        return LIFOutput(s, h, None)
     spikes, us = [], []
     # unbind, not x[t]: the backward of T selects writes T full-size zero gradients (O(T^2) memory
     # traffic, 30 % of a gesture3 training step at T=60); unbind's backward stacks them once.
@@ -114,6 +119,24 @@ def lif_multistep(
         if keep_u:
             us.append(u)
     return LIFOutput(torch.stack(spikes), h, torch.stack(us) if keep_u else None)
+
+
+def _compiled_window(x: Tensor, h: Tensor, p: LIFParams, beta: Tensor | float, keep_u: bool) -> bool:
+    """Whether :mod:`models.lif_window` computes this window (training on the CPU, the paper's neuron):
+    the same values as the loop, in two compiled passes instead of T autograd steps."""
+    return (
+        x.requires_grad
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and h.dtype == torch.float32
+        and not h.requires_grad
+        and not keep_u
+        and not isinstance(beta, Tensor)
+        and p.surrogate == "rect"
+        and p.reset == "hard"
+        and p.v_reset == 0
+        and not torch.jit.is_tracing()
+    )
 
 
 class LIF(nn.Module):
