@@ -11,6 +11,8 @@
   measures the model alone beside it (benchmarks/bench_service.py, benchmarks/loadgen.py).
 * ``asasnn bench soak``: healthy real-time streams beside a hostile client mix for minutes: lost or
   reordered predictions, their latency, the server's memory over time (benchmarks/bench_soak.py).
+* ``asasnn bench training``: one training iteration's time and peak memory on the CPU, the compiled
+  LIF window against the autograd loop (benchmarks/bench_training.py).
 * ``asasnn bench peers``: SpikingJelly, snnTorch and Norse rebuilding the same network: spike agreement
   and per-step latency against our backends (benchmarks/bench_peers.py; re-runs itself in .venv-peers).
 
@@ -47,6 +49,7 @@ SCRIPTS = {
     "service": "bench_service",
     "soak": "bench_soak",
     "peers": "bench_peers",
+    "training": "bench_training",
 }
 
 
@@ -58,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "service": "N streams against a real server: losses, latency; --find-capacity",
         "soak": "healthy streams beside a hostile client mix: losses, latency, memory over time",
         "peers": "SpikingJelly, snnTorch, Norse on the same network: spike agreement, per-step latency",
+        "training": "training-step time and peak memory: the compiled LIF window vs the autograd loop",
     }
     for target, text in helps.items():
         p = sub.add_parser(target, help=text)

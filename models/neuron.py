@@ -121,11 +121,16 @@ def lif_multistep(
     return LIFOutput(torch.stack(spikes), h, torch.stack(us) if keep_u else None)
 
 
+# False: every window runs the autograd loop (``asasnn bench training`` compares the two).
+COMPILED_WINDOW = True
+
+
 def _compiled_window(x: Tensor, h: Tensor, p: LIFParams, beta: Tensor | float, keep_u: bool) -> bool:
     """Whether :mod:`models.lif_window` computes this window (training on the CPU, the paper's neuron):
     the same values as the loop, in two compiled passes instead of T autograd steps."""
     return (
-        x.requires_grad
+        COMPILED_WINDOW
+        and x.requires_grad
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and h.dtype == torch.float32

@@ -53,3 +53,19 @@ def test_bench_soak_runs_beside_hostile_clients_and_loses_nothing():
     assert predictions["received"] == predictions["expected"] and not predictions["stream_errors"]
     assert sum(result["hostile"].values()) >= 5 and len(result["server"]["samples"]) >= 3
     assert "lost 0, reordered 0" in bench.report(result)
+
+
+def test_bench_training_times_both_lif_paths(tmp_path):
+    import argparse
+    import json
+
+    bench = _load(SCRIPTS["training"])
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    out = tmp_path / "training.json"
+    args = p.parse_args(["--preset", "tiny", "--batch", "2", "--iterations", "1", "--repeats", "1",
+                         "--threads", "1", "--json", str(out)])
+    assert bench.main(args) == 0
+    result = json.loads(out.read_text())
+    assert set(result["summary"]) == {"autograd loop", "compiled window"}
+    assert all(s["median_s"] > 0 and s["peak_rss_gib"] > 0 for s in result["summary"].values())
