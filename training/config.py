@@ -11,7 +11,7 @@ import argparse
 import shlex
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,16 @@ class TrainConfig:
     rho: float = option(
         0.8, "decay per timestep of causal ASA's running average of the channel scores, in [0, 1)"
     )
+    surrogate: str = option(
+        "rect",
+        "surrogate gradient of the spike: rect (the paper's: 1/(2w) within w of the threshold, 0 "
+        "elsewhere, so a neuron whose potential stays further below gets no gradient) or atan (never "
+        "exactly 0: a silent neuron can learn to fire again)",
+        choices=("rect", "atan"),
+    )
+    surrogate_width: float = option(
+        0.25, "surrogate width w: rect's half-width, atan's 1/alpha (larger: smoother, wider)"
+    )
     # optimisation
     loss: str = option(
         "mse",
@@ -184,6 +194,8 @@ class TrainConfig:
             (self.variant in (1, 2), f"variant must be 1 or 2, got {self.variant}"),
             (self.grad in ("ste", "none"), f"grad must be 'ste' or 'none', got {self.grad!r}"),
             (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
+            (self.surrogate in ("rect", "atan"), f"surrogate must be 'rect' or 'atan', got {self.surrogate!r}"),
+            (self.surrogate_width > 0, f"surrogate_width must be > 0, got {self.surrogate_width}"),
             (self.timesteps >= 1 and self.dt_us >= 1 and self.ds >= 1, "timesteps, dt_us and ds must be >= 1"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
             (0.0 <= self.event_drop < 1.0, f"event_drop must be in [0, 1), got {self.event_drop}"),
@@ -211,7 +223,7 @@ class TrainConfig:
         cfg = preset(self.network, num_classes, self.attention_config(), self.timesteps, input_size)
         if self.r is not None and cfg.attention.r != self.r:  # presets may set their own r
             cfg = cfg.with_attention(r=self.r)
-        return cfg
+        return replace(cfg, neuron=replace(cfg.neuron, surrogate=self.surrogate, width=self.surrogate_width))
 
     @property
     def data_description(self) -> str:

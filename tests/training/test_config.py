@@ -47,7 +47,11 @@ def test_dict_round_trip_and_unknown_keys():
 
 
 @pytest.mark.parametrize(
-    "kw", [{"dataset": "mnist"}, {"dataset": "dvs128-gesture"}, {"attention": "asa3"}, {"event_drop": 1.0}, {"loss": "l1"}]
+    "kw",
+    [
+        {"dataset": "mnist"}, {"dataset": "dvs128-gesture"}, {"attention": "asa3"}, {"event_drop": 1.0},
+        {"loss": "l1"}, {"surrogate": "sigmoid"}, {"surrogate_width": 0.0},
+    ],
 )
 def test_invalid(kw):
     with pytest.raises(ValueError):
@@ -59,6 +63,14 @@ def test_recipes_load(path):
     cfg = TrainConfig.from_yaml(path, TrainConfig(root="data/x") if "synthetic" not in path.stem else None)
     net = cfg.network_config(11, (128 // cfg.ds, 128 // cfg.ds))
     assert net.timesteps == cfg.timesteps
+
+
+def test_surrogate_reaches_the_network():
+    cfg = config_from_args(parse(["--network", "gesture3", "--surrogate", "atan", "--surrogate-width", "0.5"]))
+    neuron = cfg.network_config(10, (32, 32)).neuron
+    assert (neuron.surrogate, neuron.width) == ("atan", 0.5)
+    paper = TrainConfig(network="gesture3").network_config(10, (32, 32)).neuron
+    assert (paper.surrogate, paper.width) == ("rect", 0.25)  # the paper's, and the checkpoints' before the option
 
 
 def test_paper_recipe_values():
