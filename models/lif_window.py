@@ -9,9 +9,9 @@ forward and then backward, and only the membrane potentials are saved (docs/trai
 The values are those of autograd through :func:`models.neuron.lif_step`, bit for bit: the same
 float32 operations in the same order (each gradient that autograd sums has two terms, so the order
 of the sum cannot matter). ``tests/models/test_lif_window.py`` compares spikes, final state and
-input gradients with autograd's bit patterns. Covered: the paper's neuron (rectangular surrogate,
-hard reset to 0, a fixed decay) in float32; :func:`models.neuron.lif_multistep` runs the autograd
-loop for anything else.
+input gradients with autograd's bit patterns. Covered: hard reset to 0, a fixed decay, either
+surrogate, float32 (the paper's neuron, and the arctangent surrogate's variant);
+:func:`models.neuron.lif_multistep` runs the autograd loop for anything else.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from models.jit import kernel
+from models.neuron import LIFParams
 
 # Neurons in blocks, the time loop outside and the neurons inside: a row of the block per timestep is
 # contiguous memory (one neuron's T steps would be T cache lines a layer apart).
@@ -52,14 +53,19 @@ def _forward(x, h0, v_th, beta, lo, hi, s, u, h_end):  # pragma: no cover - comp
 
 
 @kernel
-def _backward(g_s, u, g_h_end, has_g_h_end, v_th, beta, width, lo, hi, g_x, g_h0):  # pragma: no cover
+def _backward(g_s, u, g_h_end, has_g_h_end, v_th, beta, atan, width, lo, hi, g_x, g_h0):  # pragma: no cover
     """Gradients of neurons ``lo:hi``: ``g_x [T, N]`` and ``g_h0 [N]`` from ``g_s [T, N]`` (spikes)
     and ``g_h_end`` (final state, when ``has_g_h_end``), as autograd computes them through
-    ``h = (beta * u) * (1 - s)``, ``s = rect_spike(u - v_th)``, ``u = h + x``."""
+    ``h = (beta * u) * (1 - s)``, ``s = spike(u - v_th)`` (the rectangular surrogate, or the arctangent
+    one when ``atan``), ``u = h + x``. Scalars are rounded to float32 as torch rounds a Python number
+    next to a float32 tensor."""
     one = np.float32(1.0)
     zero = np.float32(0.0)
-    two_a = np.float32(2.0 * width)
+    two = np.float32(2.0)
+    two_a = np.float32(2.0 * width)  # rect: grad * (|v| < a) / (2 a)
     a = np.float32(width)
+    alpha = np.float32(1.0 / width)  # atan: grad * alpha / 2 / (1 + (pi/2 alpha v)^2)
+    c = np.float32(np.pi / 2 * (1.0 / width))
     g_h = np.empty(_BLOCK, np.float32)
     for b0 in range(lo, hi, _BLOCK):
         m = min(_BLOCK, hi - b0)
@@ -79,7 +85,11 @@ def _backward(g_s, u, g_h_end, has_g_h_end, v_th, beta, width, lo, hi, g_x, g_h0
                 if have:  # h_next = t1 * t2 with t1 = beta * u, t2 = 1 - s
                     g_t1 = g_h[j] * (one - st)
                     gs = gs + -(g_h[j] * (beta * ut))
-                g_u = (gs * (one if abs(v) < a else zero)) / two_a
+                if atan:
+                    cv = c * v
+                    g_u = ((gs * alpha) / two) / (one + cv * cv)
+                else:
+                    g_u = (gs * (one if abs(v) < a else zero)) / two_a
                 if have:
                     g_u = g_u + g_t1 * beta
                 g_x[t, b0 + j] = g_u
@@ -109,7 +119,7 @@ def _parallel(fn, n: int, args_for) -> None:
 
 class _LIFWindow(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, h0: Tensor, v_th: float, beta: float, width: float):  # type: ignore[override]
+    def forward(ctx, x: Tensor, h0: Tensor, v_th: float, beta: float, atan: bool, width: float):  # type: ignore[override]
         t, n = x.shape[0], x[0].numel()
         xs = x.detach().contiguous().view(t, n).numpy()
         h = h0.detach().contiguous().view(n).numpy()
@@ -118,29 +128,32 @@ class _LIFWindow(torch.autograd.Function):
         vt, b = np.float32(v_th), np.float32(beta)
         _parallel(_forward, n, lambda lo, hi: (xs, h, vt, b, lo, hi, s.numpy(), u.numpy(), h_end.numpy()))
         ctx.save_for_backward(u)
-        ctx.constants, ctx.shape = (vt, b, float(width)), x.shape
+        ctx.constants, ctx.shape = (vt, b, bool(atan), float(width)), x.shape
         ctx.set_materialize_grads(False)
         return s.view(x.shape), h_end.view(x.shape[1:])
 
     @staticmethod
     def backward(ctx, g_s: Tensor | None, g_h: Tensor | None):  # type: ignore[override]
         (u,) = ctx.saved_tensors
-        vt, b, width = ctx.constants
+        vt, b, atan, width = ctx.constants
         t, n = u.shape
         gs = np.zeros((t, n), np.float32) if g_s is None else g_s.contiguous().view(t, n).numpy()
         gh = np.zeros(n, np.float32) if g_h is None else g_h.contiguous().view(n).numpy()
         g_x, g_h0 = torch.empty(t, n, dtype=torch.float32), torch.empty(n, dtype=torch.float32)
         us = u.numpy()
         _parallel(
-            _backward, n, lambda lo, hi: (gs, us, gh, g_h is not None, vt, b, width, lo, hi, g_x.numpy(), g_h0.numpy())
+            _backward,
+            n,
+            lambda lo, hi: (gs, us, gh, g_h is not None, vt, b, atan, width, lo, hi, g_x.numpy(), g_h0.numpy()),
         )
-        return g_x.view(ctx.shape), g_h0.view(ctx.shape[1:]), None, None, None
+        return g_x.view(ctx.shape), g_h0.view(ctx.shape[1:]), None, None, None, None
 
 
-def lif_window(x: Tensor, h0: Tensor, v_th: float, beta: float, width: float) -> tuple[Tensor, Tensor]:
-    """Spikes ``[T, ...]`` and final state of float32 currents ``x [T, ...]`` from state ``h0``:
-    :func:`models.neuron.lif_multistep` for the covered neuron, gradients included."""
-    return _LIFWindow.apply(x, h0, v_th, beta, width)
+def lif_window(x: Tensor, h0: Tensor, p: LIFParams, beta: float) -> tuple[Tensor, Tensor]:
+    """Spikes ``[T, ...]`` and final state of float32 currents ``x [T, ...]`` from state ``h0``, with
+    decay ``beta``: :func:`models.neuron.lif_multistep` for a covered neuron (hard reset to 0),
+    gradients included."""
+    return _LIFWindow.apply(x, h0, p.v_th, beta, p.surrogate == "atan", p.width)
 
 
 __all__ = ["lif_window"]

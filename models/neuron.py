@@ -108,7 +108,7 @@ def lif_multistep(
     if _compiled_window(x, h, p, p.beta if beta is None else beta, keep_u):
         from models.lif_window import lif_window
 
-        s, h = lif_window(x, h, p.v_th, float(p.beta if beta is None else beta), p.width)
+        s, h = lif_window(x, h, p, float(p.beta if beta is None else beta))
         return LIFOutput(s, h, None)
     spikes, us = [], []
     # unbind, not x[t]: the backward of T selects writes T full-size zero gradients (O(T^2) memory
@@ -126,8 +126,8 @@ COMPILED_WINDOW = True
 
 
 def _compiled_window(x: Tensor, h: Tensor, p: LIFParams, beta: Tensor | float, keep_u: bool) -> bool:
-    """Whether :mod:`models.lif_window` computes this window (training on the CPU, the paper's neuron):
-    the same values as the loop, in two compiled passes instead of T autograd steps."""
+    """Whether :mod:`models.lif_window` computes this window (training on the CPU, hard reset to 0, a
+    fixed decay): the same values as the loop, in two compiled passes instead of T autograd steps."""
     return (
         COMPILED_WINDOW
         and x.requires_grad
@@ -137,7 +137,6 @@ def _compiled_window(x: Tensor, h: Tensor, p: LIFParams, beta: Tensor | float, k
         and not h.requires_grad
         and not keep_u
         and not isinstance(beta, Tensor)
-        and p.surrogate == "rect"
         and p.reset == "hard"
         and p.v_reset == 0
         and not torch.jit.is_tracing()

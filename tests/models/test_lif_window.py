@@ -1,4 +1,5 @@
-"""The compiled LIF window (models/lif_window.py) against autograd through lif_step, bit for bit.
+"""The compiled LIF window (models/lif_window.py) against autograd through lif_step, bit for bit,
+with either surrogate.
 
 The oracle is the definition itself: a Python loop over :func:`models.neuron.lif_step` with
 autograd, which shares no code with the compiled passes. Compared as int32 bit patterns, so a
@@ -33,13 +34,19 @@ def _run(fn, x, h0, p, w, wh):
 
 
 def _compiled(x, h0, p):
-    return lif_window(x, h0, p.v_th, p.beta, p.width)
+    return lif_window(x, h0, p, p.beta)
 
 
 @pytest.mark.parametrize(
     "p",
-    [LIFParams(), LIFParams(v_th=0.5, beta=0.7, width=0.3), LIFParams(v_th=1.0, beta=0.9, width=0.1)],
-    ids=["paper", "other-constants", "narrow-surrogate"],
+    [
+        LIFParams(),
+        LIFParams(v_th=0.5, beta=0.7, width=0.3),
+        LIFParams(v_th=1.0, beta=0.9, width=0.1),
+        LIFParams(surrogate="atan"),
+        LIFParams(v_th=0.5, beta=0.7, surrogate="atan", width=0.35),  # pi/2 / w rounds differently from pi/2 * (1/w)
+    ],
+    ids=["paper", "other-constants", "narrow-surrogate", "atan", "atan-other-constants"],
 )
 @pytest.mark.parametrize("state_grad", [False, True], ids=["spikes-only", "spikes-and-state"])
 def test_equals_autograd_bit_for_bit(p: LIFParams, state_grad: bool) -> None:
@@ -56,8 +63,9 @@ def test_equals_autograd_bit_for_bit(p: LIFParams, state_grad: bool) -> None:
             assert torch.equal(a, b), f"{name} differs at scale {scale}, shift {shift}"
 
 
-def test_edges_of_the_threshold_and_the_surrogate_window() -> None:
-    p = LIFParams()
+@pytest.mark.parametrize("surrogate", ["rect", "atan"])
+def test_edges_of_the_threshold_and_the_surrogate_window(surrogate: str) -> None:
+    p = LIFParams(surrogate=surrogate)
     a = p.width
     edges = [p.v_th, p.v_th - a, p.v_th + a, -0.0, 0.0, 1e-45, -1e-45, p.v_th * (1 + 1e-7), 0.55, 0.05]
     x = torch.tensor(edges, dtype=torch.float32).repeat(12, 1)
@@ -100,7 +108,8 @@ def test_lif_multistep_takes_it_only_where_it_applies(monkeypatch) -> None:
     lif_multistep(x.detach(), LIFParams())  # no gradient wanted: the plain loop
     lif_multistep(x, LIFParams(surrogate="atan"))
     lif_multistep(x, LIFParams(reset="soft"))
+    lif_multistep(x, LIFParams(v_reset=0.1))
     lif_multistep(x, LIFParams(), keep_u=True)  # potentials asked for
     lif_multistep(x.double(), LIFParams())
     lif_multistep(x, LIFParams(), beta=torch.tensor(0.3, requires_grad=True))  # PLIF
-    assert calls == [True, False, False, False, False, False, False]
+    assert calls == [True, False, True, False, False, False, False, False]
