@@ -145,6 +145,9 @@ def summarize(p: Predictions, energy: EnergyModel, steps: int, classes: Sequence
         "timesteps": int(steps),
         "accuracy": {"clip": clip_acc, "vote": vote_acc},
         "per_class_vote_accuracy": per_class,
+        # mean firing rate of each class's output over every clip: a class whose output never fires
+        # can never be predicted (the rectangular surrogate gives such a neuron no gradient)
+        "per_class_output_rate": {name: float(p.rates[:, c].mean()) for c, name in enumerate(names)},
         "nasfr": float(energy.nasfr(mean_counts, steps)),
         "spikes_per_sample": float(mean_counts.sum()),
         "sops_per_sample": float(energy.sops(mean_counts)),
@@ -184,9 +187,11 @@ def format_table(s: dict[str, Any]) -> str:
             f"NASFR {s['nasfr']:.4f}   spikes/sample {s['spikes_per_sample']:.1f}   "
             f"SOPs/sample {s['sops_per_sample']:.4g}   energy/sample {1e6 * s['energy_j_per_sample']:.4f} uJ"
         ),
-        "",
-        f"{'layer':<8}{'neurons':>10}{'rate':>10}{'spikes/sample':>16}{'SOPs/sample':>14}",
     ]
+    silent = [name for name, r in s.get("per_class_output_rate", {}).items() if r == 0]
+    if silent:
+        lines.append(f"outputs that never fired on these clips ({len(silent)}): {', '.join(silent)}")
+    lines += ["", f"{'layer':<8}{'neurons':>10}{'rate':>10}{'spikes/sample':>16}{'SOPs/sample':>14}"]
     for layer in s["layers"]:
         lines.append(
             f"{layer['name']:<8}{layer['neurons']:>10}{layer['firing_rate']:>10.4f}"

@@ -59,8 +59,18 @@ def test_summarize_fields_and_energy():
     assert [layer["firing_rate"] for layer in s["layers"]] == pytest.approx([30 / 100 / 4, 3 / 10 / 4])
     assert s["per_class_vote_accuracy"] == {"a": 1.0, "b": 1.0}
     assert s["confusion_vote"] == [[1, 0], [0, 1]]
+    assert s["per_class_output_rate"] == pytest.approx({"a": 0.55, "b": 0.4})
     table = format_table(s)
-    assert "100.00 % by majority vote" in table and "conv1" in table
+    assert "100.00 % by majority vote" in table and "conv1" in table and "never fired" not in table
+
+
+def test_summary_names_outputs_that_never_fire():
+    energy = EnergyModel(("fc1",), (3,), (0.0,), first_layer_macs=10)
+    rates = np.array([[0.5, 0.0, 0.25], [0.1, 0.0, 0.0]], dtype=np.float32)
+    p = Predictions(np.arange(2), np.array([0, 1]), np.array([0, 2]), rates, np.ones((2, 1)))
+    s = summarize(p, energy, steps=4, classes=["a", "b", "c"])
+    assert s["per_class_output_rate"] == pytest.approx({"a": 0.3, "b": 0.0, "c": 0.125})
+    assert "outputs that never fired on these clips (1): b" in format_table(s)
 
 
 def test_predictions_concat_orders_by_item():
