@@ -2,9 +2,10 @@
 
 Training runs :func:`models.neuron.lif_multistep` over T timesteps. As autograd sees it, that is
 five elementwise operations a step forward and about ten backward, each a full pass over the layer's
-``[B, C, H, W]`` currents, with three saved tensors a step; for the paper's network at T = 60 this
-was about half of a training iteration on a 2-core CPU. Here each neuron's T steps run in registers,
-forward and then backward, and only the membrane potentials are saved (docs/training.md, "Speed").
+``[B, C, H, W]`` currents, with three saved tensors a step. Here a block of neurons at a time runs
+its T steps, forward and then backward, its state in a small buffer, and only the membrane
+potentials are saved: the tiny network trains a third faster, the paper's network in a fifth to a
+quarter less memory (docs/training.md, "Speed on the CPU").
 
 The values are those of autograd through :func:`models.neuron.lif_step`, bit for bit: the same
 float32 operations in the same order (each gradient that autograd sums has two terms, so the order
