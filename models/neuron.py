@@ -105,10 +105,11 @@ def lif_multistep(
 ) -> LIFOutput:
     """Run :func:`lif_step` over the leading time axis of ``x`` ([T, B, ...])."""
     h = torch.zeros_like(x[0]) if h is None else h
-    if _compiled_window(x, h, p, p.beta if beta is None else beta, keep_u):
+    b = p.beta if beta is None else beta
+    if _compiled_window(x, h, p, b, keep_u):
         from models.lif_window import lif_window
 
-        s, h = lif_window(x, h, p, float(p.beta if beta is None else beta))
+        s, h = lif_window(x, h, p, float(b))
         return LIFOutput(s, h, None)
     spikes, us = [], []
     # unbind, not x[t]: the backward of T selects writes T full-size zero gradients (O(T^2) memory

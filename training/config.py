@@ -19,11 +19,13 @@ import yaml
 
 from models.attention import AttentionConfig
 from models.config import PRESETS, NetworkConfig, preset
+from models.neuron import Surrogate
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 DATASETS = ("synthetic", "dvs128-gesture", "dvs128-gait", "aedat4")
 ATTENTIONS = ("none", "sa", "asa", "causal-asa")
 LOSSES = ("mse", "ce")
+SURROGATES = typing.get_args(Surrogate)  # the neuron's: ("rect", "atan")
 
 
 def option(default: Any = MISSING, doc: str = "", *, factory: Any = MISSING, choices: Any = None) -> Any:
@@ -122,7 +124,7 @@ class TrainConfig:
         "surrogate gradient of the spike: rect (the paper's: 1/(2w) within w of the threshold, 0 "
         "elsewhere, so a neuron whose potential stays further below gets no gradient) or atan (never "
         "exactly 0: a silent neuron can learn to fire again)",
-        choices=("rect", "atan"),
+        choices=SURROGATES,
     )
     surrogate_width: float = option(
         0.25, "surrogate width w: rect's half-width, atan's 1/alpha (larger: smoother, wider)"
@@ -194,7 +196,7 @@ class TrainConfig:
             (self.variant in (1, 2), f"variant must be 1 or 2, got {self.variant}"),
             (self.grad in ("ste", "none"), f"grad must be 'ste' or 'none', got {self.grad!r}"),
             (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
-            (self.surrogate in ("rect", "atan"), f"surrogate must be 'rect' or 'atan', got {self.surrogate!r}"),
+            (self.surrogate in SURROGATES, f"surrogate must be one of {SURROGATES}, got {self.surrogate!r}"),
             (self.surrogate_width > 0, f"surrogate_width must be > 0, got {self.surrogate_width}"),
             (self.timesteps >= 1 and self.dt_us >= 1 and self.ds >= 1, "timesteps, dt_us and ds must be >= 1"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
