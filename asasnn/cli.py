@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("training.cli.export", "write a verified model bundle (safetensors + ONNX step graph)"),
     "analyze": ("training.cli.analyze", "redundancy report: spike features, firing rates, MPD, energy"),
     "results": ("training.cli.results", "mean and spread over seeds of evaluation reports (markdown tables)"),
+    "sweep": ("training.cli.sweep", "train and evaluate each attention x seed (resumable), then the results tables"),
     "serve": ("service.cli", "run the inference server (bundled model by default)"),
     "stream": ("service.client.cli", "stream events from a file, camera or the synthetic source"),
     "bench": ("asasnn.bench", "benchmarks: runtime, encoder"),

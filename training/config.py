@@ -203,6 +203,8 @@ class TrainConfig:
             (0.0 <= self.event_drop < 1.0, f"event_drop must be in [0, 1), got {self.event_drop}"),
             (self.test_clips >= 1 and self.val_every >= 1, "test_clips and val_every must be >= 1"),
             (0.0 < self.lam < 1.0, f"lam must be in (0, 1), got {self.lam}"),
+            (self.lr > 0 and 0 <= self.min_lr <= self.lr, f"lr must be > 0 and min_lr in [0, lr], got {self.lr}, {self.min_lr}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
         ]
         for ok, message in checks:
             if not ok:
