@@ -18,14 +18,13 @@ surrogate, float32 (the paper's neuron, and the arctangent surrogate's variant);
 from __future__ import annotations
 
 import functools
-import itertools
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from models.jit import kernel
+from models.jit import in_parts, kernel
 from models.neuron import LIFParams
 
 # Neurons in blocks, the time loop outside and the neurons inside: a row of the block per timestep is
@@ -105,17 +104,10 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 
 def _parallel(fn, n: int, args_for) -> None:
-    """``fn(*args_for(lo, hi))`` over ``n`` neurons, cut into torch's thread count of contiguous
-    parts run at once (the kernels release the GIL; neurons are independent, so the cut changes no
-    value)."""
+    """``fn(*args_for(lo, hi))`` over ``n`` neurons in up to torch's thread count of parts (at least
+    4096 neurons each; neurons are independent, so the cut changes no value)."""
     parts = max(1, min(torch.get_num_threads(), n // 4096))
-    if parts == 1:
-        fn(*args_for(0, n))
-        return
-    bounds = np.linspace(0, n, parts + 1).astype(np.int64)
-    futures = [_pool(parts).submit(fn, *args_for(int(lo), int(hi))) for lo, hi in itertools.pairwise(bounds)]
-    for f in futures:
-        f.result()
+    in_parts(lambda lo, hi, _lane: fn(*args_for(lo, hi)), n, parts, _pool(parts - 1) if parts > 1 else None)
 
 
 class _LIFWindow(torch.autograd.Function):

@@ -31,7 +31,6 @@ writable). Networks with max pooling are not supported (``ValueError``).
 from __future__ import annotations
 
 import functools
-import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ import torch
 from torch import nn
 
 from models.attention import TIE_RTOL, CausalASA
-from models.jit import kernel
+from models.jit import in_parts, kernel
 from models.network import SpikingNet
 from models.runtime.bundle import ModelCard
 from models.runtime.exact import ExactChannelScore, ExactSpatialMap, as_float32, map_constants
@@ -666,17 +665,12 @@ class EventStepRunner(StepRunner):
         """The batch cut into ``threads`` contiguous parts stepped at once, one lane each. Rows never
         interact, and each part picks scatter or dense by its own density (both give the same
         values), so the cut changes the speed only."""
-        n = rows.shape[0]
-        parts = min(self.threads, n)
-        if parts < 2 or self._pool is None:
-            return self.event.step(rows, frames, self._tables)
-        cuts = np.linspace(0, n, parts + 1).round().astype(int)
-        (a0, b0), *others = itertools.pairwise(cuts)
-        pending = [
-            self._pool.submit(self.event.step, rows[a:b], frames[a:b], self._tables, lane)
-            for lane, (a, b) in enumerate(others, start=1)
-        ]
-        done = [self.event.step(rows[a0:b0], frames[a0:b0], self._tables), *(f.result() for f in pending)]
+        done = in_parts(
+            lambda a, b, lane: self.event.step(rows[a:b], frames[a:b], self._tables, lane),
+            rows.shape[0], self.threads, self._pool,
+        )
+        if len(done) == 1:
+            return done[0]
         return EventStep(
             np.concatenate([d.out for d in done]),
             np.concatenate([d.counts for d in done]),

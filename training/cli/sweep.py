@@ -29,8 +29,8 @@ from typing import Any
 ATTENTION_LABELS = {"none": "vanilla LIF", "sa": "SA", "asa": "ASA (window)", "causal-asa": "causal ASA"}
 # flags of `asasnn train` that the sweep sets per cell
 OWNED = ("--attention", "--seed", "--run-dir", "--resume", "--overwrite", "--print-config")
-# options a resumed run may change: where and how fast it runs, and how long
-FREE_ON_RESUME = ("epochs", "device", "threads", "num_workers", "cache_dir")
+# options a resumed run may change: where and how fast it runs, how long, and where its directory now is
+FREE_ON_RESUME = ("epochs", "device", "threads", "num_workers", "cache_dir", "run_dir")
 REPORT = "eval-best.json"
 LOG = "sweep.log"
 
