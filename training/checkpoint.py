@@ -10,6 +10,8 @@ code)::
                    dataset (optional), timesteps (optional)}: how to build its frames
     metrics       {accuracy (vote, 0..1), nasfr, split, data} of the validation at that epoch (optional)
     command       the command line that trained it (optional)
+    machines      the machines that trained it, one line each in order of first use
+                  (``asasnn.machine.describe``; optional)
     train_config  TrainConfig.to_dict() (optional)
     optimizer, scheduler, scaler, epoch (epochs completed), best, rng (one entry per rank)
                   the training state ``asasnn train --resume`` restores (optional)
@@ -82,6 +84,7 @@ class Checkpoint:
     epoch: int | None = None
     best: float | None = None
     rng: list[dict[str, Any]] | None = None
+    machines: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this module does not know, kept
     path: Path | None = None  # where it was read from; not stored in the file
 
@@ -173,13 +176,15 @@ class Checkpoint:
         return net.eval()
 
     def info(self) -> dict[str, Any]:
-        """What ``asasnn eval`` / ``analyze`` read: config, data, train_config, metrics, command, path."""
+        """What ``asasnn eval`` / ``analyze`` read: config, data, train_config, metrics, command,
+        machines, path."""
         return {
             "config": self.config,
             "data": self.data,
             "train_config": self.train_config,
             "metrics": self.metrics,
             "command": self.command,
+            "machines": self.machines,
             "path": self.name,
         }
 

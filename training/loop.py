@@ -26,6 +26,7 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader, DistributedSampler
 
+from asasnn.machine import describe
 from models.instrument import EnergyModel
 from models.network import SpikingNet
 from training import distributed as D
@@ -124,6 +125,7 @@ class Trainer:
             self.train_data, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, seed=cfg.seed
         )
         self.epoch, self.best, self.metrics = 0, -math.inf, self._empty_metrics()
+        self.machines = [describe(self.device)]  # rank 0's; a resumed run's earlier machines first
         if self.dist.rank:
             torch.manual_seed(cfg.seed + self.dist.rank)  # own dropout masks per rank
         if resume is not None:
@@ -157,6 +159,7 @@ class Trainer:
             epoch=self.epoch,
             best=self.best,
             rng=rng,
+            machines=self.machines,
         )
 
     def _restore(self, ck: Checkpoint) -> None:
@@ -179,6 +182,7 @@ class Trainer:
         if ck.scaler:
             self.scaler.load_state_dict(ck.scaler)
         self.epoch, self.best = epoch, best
+        self.machines = list(dict.fromkeys([*(ck.machines or []), *self.machines]))
         self.metrics = dict(ck.metrics) if ck.metrics is not None else self._empty_metrics()
         states = ck.rng
         if len(states) == self.dist.world_size:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,7 @@ def relative(groups: dict[str, list[dict[str, Any]]], key: str, base: str) -> di
 
 def markdown(groups: dict[str, list[dict[str, Any]]], base: str | None = None) -> str:
     """The results table (accuracy, NASFR, spikes, SOPs; NASFR against ``base``) and the firing
-    rates per layer, every cell ``mean ± std (min - max)`` over seeds."""
+    rates per layer, every cell ``mean ± std (min - max)`` over seeds, then the machines that trained them."""
     agg = aggregate(groups)
     base = base or next(iter(groups))
     rel = relative(groups, "nasfr", base)
@@ -84,7 +85,16 @@ def markdown(groups: dict[str, list[dict[str, Any]]], base: str | None = None) -
     lines += ["", "| model | " + " | ".join(layers) + " |", "|---|" + "---:|" * len(layers)]
     for g, a in agg.items():
         lines.append(f"| {g} | " + " | ".join(a[f"rate:{name}"].fmt(1, 3) for name in layers) + " |")
+    lines += ["", machines(groups)]
     return "\n".join(lines) + "\n"
+
+
+def machines(groups: dict[str, list[dict[str, Any]]]) -> str:
+    """Which machines trained the runs (a report's ``trained_on``): the CPU changes a run's float
+    trajectory, so a table says where its runs came from."""
+    reports = [r for reps in groups.values() for r in reps]
+    seen = Counter(" then ".join(r.get("trained_on") or ["not recorded"]) for r in reports)
+    return "Trained on: " + "; ".join(f"{m} ({k} of {len(reports)} runs)" for m, k in seen.most_common()) + "."
 
 
 def load_groups(specs: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
@@ -98,4 +108,4 @@ def load_groups(specs: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     return groups
 
 
-__all__ = ["Spread", "aggregate", "figures", "load_groups", "markdown", "relative"]
+__all__ = ["Spread", "aggregate", "figures", "load_groups", "machines", "markdown", "relative"]

@@ -2,6 +2,7 @@
 contract holds, and the train / eval commands work end to end on the synthetic source."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,6 +170,11 @@ def test_train_and_eval_commands_on_synthetic(tmp_path, capsys):
         assert report[key] >= 0
     assert set(report["accuracy"]) == {"clip", "vote"}
     assert [layer["name"] for layer in report["layers"]] == ["conv1", "conv2", "conv3", "fc1", "fc2"]
+    # the machine that trained it (one, though resumed) and the one that evaluated it, named
+    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
+    assert len(report["trained_on"]) == 1 and report["trained_on"][0] == report["evaluated_on"]
+    assert report["evaluated_on"].startswith(cpu) and f"torch {torch.__version__}" in report["evaluated_on"]
     assert "majority vote" in capsys.readouterr().out
     # the same model as a bundle directory gives the same numbers
     from models.runtime.bundle import save_bundle

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from asasnn.cli import main
-from training.seeds import Spread, load_groups, markdown, relative
+from training.seeds import Spread, load_groups, machines, markdown, relative
 
 
 def _report(vote: float, nasfr: float, rates: tuple[float, float]) -> dict:
@@ -38,6 +38,12 @@ def test_relative_change_is_against_the_base_mean():
     text = markdown(groups)
     assert "| asa | 2 | 92.50 ± 3.54 (90.00 - 95.00) |" in text
     assert "| vanilla | 0.100 ± 0.000 (0.100 - 0.100) | 0.300 ± 0.000 (0.300 - 0.300) |" in text
+    assert text.endswith("\nTrained on: not recorded (4 of 4 runs).\n")
+    groups["asa"][0]["trained_on"] = ["CPU A (2 cores), torch 2"]
+    groups["asa"][1]["trained_on"] = ["CPU A (2 cores), torch 2", "CPU B (4 cores), torch 2"]
+    groups["vanilla"][0]["trained_on"] = ["CPU A (2 cores), torch 2"]
+    assert machines(groups) == ("Trained on: CPU A (2 cores), torch 2 (2 of 4 runs); not recorded (1 of 4 runs); "
+                                "CPU A (2 cores), torch 2 then CPU B (4 cores), torch 2 (1 of 4 runs).")
 
 
 def test_results_command_reads_eval_reports(tmp_path, capsys):

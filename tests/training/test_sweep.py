@@ -38,6 +38,7 @@ def test_sweep_trains_evaluates_resumes_and_tabulates(tmp_path, capsys):
     assert command[command.index("--run-dir") + 1] == str(tmp_path / "causal-asa-s1")
     # the tables: both groups over two seeds, NASFR relative to the first attention given
     assert "| vanilla LIF | 2 |" in out and "| causal ASA | 2 |" in out and "NASFR vs vanilla LIF %" in out
+    assert out.rstrip().endswith(f"Trained on: {reports['none-s0']['evaluated_on']} (4 of 4 runs).")
     assert f"| causal ASA | 2 | {100 * (reports['causal-asa-s0']['accuracy']['vote'] + reports['causal-asa-s1']['accuracy']['vote']) / 2:.2f} ±" in out
 
     # run again after losing one report: the other cells are kept, that run is resumed (already at its

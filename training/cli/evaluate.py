@@ -58,6 +58,7 @@ def load_model(path: str | Path, arithmetic: str | None = None) -> tuple[Any, di
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from asasnn.machine import describe
     from models.instrument import EnergyModel
     from training.config import TrainConfig
     from training.data_source import frame_dataset, open_source
@@ -106,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         "dt_us": cfg.dt_us,
         "ds": cfg.ds,
         **summarize(preds, energy, cfg.timesteps, data["classes"]),
+        "trained_on": info.get("machines") or [],  # empty: not recorded (runs before the record)
+        "evaluated_on": describe(device),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     out = Path(args.json_path) if args.json_path else _default_json(Path(info["path"]), cfg.val_split)
