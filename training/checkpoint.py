@@ -295,6 +295,7 @@ def _from_bundle(bundle: Any, path: Path, arithmetic: str) -> tuple[Any, dict[st
     """A bundle's exact (or float32) network and its card's checkpoint-style description."""
     card = bundle.card.to_dict()
     info = {k: card.get(k) for k in ("config", "data", "train_config", "metrics", "command")}
+    info["machines"] = card.get("trained_on")
     net = bundle.exact if arithmetic == "exact" else bundle.net.eval()
     return net, info | {"path": str(path), "arithmetic": arithmetic}
 

@@ -189,6 +189,7 @@ def build_card(
     dataset: str | None = None,
     command: str | None = None,
     train_config: dict[str, Any] | None = None,
+    trained_on: Sequence[str] = (),
     max_count: int = 1023,
 ) -> ModelCard:
     """A card for ``net``; ``mode`` follows from its attention (step when it can be stepped), the
@@ -216,6 +217,7 @@ def build_card(
         metrics=Metrics(**(metrics or {})),
         command=command,
         train_config=train_config,
+        trained_on=list(trained_on),
         arithmetic=exact_spec(net, max_count=max_count),
         software=software_versions(),
     )

@@ -184,7 +184,8 @@ def test_train_and_eval_commands_on_synthetic(tmp_path, capsys):
     net, info = load_model(run / "best.pt")
     data = info["data"]
     card = build_card(net, classes=data["classes"], sensor=data["sensor"], ds=data["ds"], dt_us=data["dt_us"],
-                      metrics=info["metrics"], dataset=data["dataset"], train_config=info["train_config"])
+                      metrics=info["metrics"], dataset=data["dataset"], train_config=info["train_config"],
+                      trained_on=info["machines"])
     save_bundle(tmp_path / "bundle", card, net, None)
     def evaluate(model, *extra):
         out = tmp_path / f"eval-{len(list(tmp_path.glob('eval-*.json')))}.json"
@@ -197,6 +198,7 @@ def test_train_and_eval_commands_on_synthetic(tmp_path, capsys):
     # a bundle is evaluated in its exact form by default: the form an export gives the checkpoint
     served, exported = evaluate(tmp_path / "bundle"), evaluate(run / "best.pt", "--arithmetic", "exact")
     assert served["arithmetic"] == exported["arithmetic"] == "exact"
+    assert served["trained_on"] == exported["trained_on"] == report["trained_on"]  # the card keeps the machines
     assert served["accuracy"] == exported["accuracy"] and served["nasfr"] == exported["nasfr"]
 
 

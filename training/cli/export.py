@@ -123,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
                 dataset=data.get("dataset"),
                 command=ck.command,
                 train_config=ck.train_config,
+                trained_on=ck.machines or [],
                 max_count=args.max_count,
             )
             arithmetic = card.arithmetic

@@ -151,6 +151,7 @@ def test_cli_exports_a_checkpoint(tmp_path, capsys):
         },
         "metrics": {"accuracy": 0.5, "nasfr": 0.1, "data": "nothing, an untrained network"},
         "command": "asasnn train --preset tiny",
+        "machines": ["CPU A (2 cores), torch 2", "GPU box (16 cores), torch 2, GPU B"],
     }
     torch.save(ck, tmp_path / "best.pt")
     real = np.random.default_rng(0).poisson(0.5, size=(16, 2, 32, 32)).astype(np.float32)
@@ -167,6 +168,7 @@ def test_cli_exports_a_checkpoint(tmp_path, capsys):
     b = load_bundle(out)
     assert b.card.name == "demo" and b.card.dataset == "synthetic" and b.card.metrics.accuracy == 0.5
     assert b.card.command == "asasnn train --preset tiny" and b.card.verification.frames == ["random", "real"]
+    assert b.card.trained_on == ck["machines"]
     # an existing bundle is not overwritten without --force
     assert cli.run(_args(checkpoint=str(tmp_path / "best.pt"), output=str(out))) == 2
     assert "not empty" in capsys.readouterr().err
