@@ -4,9 +4,11 @@ One training iteration (forward over the window, MSE on the output rate, backwar
 network preset on Poisson event counts, the LIF computed by ``models/lif_window.py`` or by the
 autograd loop over ``lif_step`` (``models.neuron.COMPILED_WINDOW``); both give the same values bit for
 bit (tests/models/test_lif_window.py), so only time and memory differ. Each measurement runs in a
-fresh process (peak RSS is per process), the two modes alternating, ``--repeats`` rounds.
+fresh process (peak RSS is per process), the two modes alternating, ``--repeats`` rounds. With
+``--eval``: one evaluation pass instead (eval mode, no gradient: what validation and ``asasnn eval``
+run), the compiled forward alone against the loop of ``lif_step``.
 
-Run: ``asasnn bench training [--preset gesture3] [--attention none]``. Not a test.
+Run: ``asasnn bench training [--preset gesture3] [--attention none] [--eval]``. Not a test.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per process (default 3)")
     parser.add_argument("--repeats", type=int, default=2, help="processes per mode, alternating (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--eval", action="store_true", help="time an evaluation pass (no gradient) instead")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
 
@@ -54,6 +57,12 @@ def _child(args: argparse.Namespace) -> dict:
     x = torch.poisson(torch.full((cfg.timesteps, args.batch, 2, *cfg.input_size), 0.35), generator=g)
     y = torch.randint(0, 10, (args.batch,), generator=g)
 
+    def evaluation() -> float:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            net(x)
+        return time.perf_counter() - t0
+
     def iteration() -> float:
         t0 = time.perf_counter()
         loss = rate_loss(net(x).out.float().mean(0), y)
@@ -62,8 +71,12 @@ def _child(args: argparse.Namespace) -> dict:
         opt.step()
         return time.perf_counter() - t0
 
-    iteration()  # compiles (or loads) the kernels, allocates
-    times = [iteration() for _ in range(args.iterations)]
+    step = iteration
+    if args.eval:
+        net.eval()
+        step = evaluation
+    step()  # compiles (or loads) the kernels, allocates
+    times = [step() for _ in range(args.iterations)]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     return {"mode": args.child, "iteration_s": times, "peak_rss_gib": peak}
 
@@ -73,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(_child(args)))
         return 0
     flags = [f"--preset={args.preset}", f"--attention={args.attention}", f"--batch={args.batch}",
-             f"--iterations={args.iterations}", f"--threads={args.threads}"]
+             f"--iterations={args.iterations}", f"--threads={args.threads}", *(["--eval"] if args.eval else [])]
     runs: dict[str, list[dict]] = {m: [] for m in MODES}
     for _ in range(args.repeats):
         for mode in MODES:
@@ -82,7 +95,8 @@ def main(args: argparse.Namespace) -> int:
                 cwd=REPO, check=True, capture_output=True, text=True,
             ).stdout
             runs[mode].append(json.loads(out.strip().splitlines()[-1]))
-    print(f"{args.preset} ({args.attention}), batch {args.batch}, {args.threads} thread(s): one training iteration")
+    what = "one evaluation pass (no gradient)" if args.eval else "one training iteration"
+    print(f"{args.preset} ({args.attention}), batch {args.batch}, {args.threads} thread(s): {what}")
     summary = {}
     for mode in MODES:
         times = [t for r in runs[mode] for t in r["iteration_s"]]
@@ -92,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"  {mode:16s} median {summary[mode]['median_s']:.2f} s (min {min(times):.2f}, max {max(times):.2f}),"
               f" peak RSS {peak:.2f} GiB")
     ratio = summary[MODES[0]]["median_s"] / summary[MODES[1]]["median_s"]
-    print(f"  compiled window: {ratio:.2f}x the autograd loop's speed")
+    print(f"  compiled window: {ratio:.2f}x the {'step' if args.eval else 'autograd'} loop's speed")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
                                          "summary": summary, "speedup": ratio}, indent=1))

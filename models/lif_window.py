@@ -33,9 +33,10 @@ _BLOCK = 1024
 
 
 @kernel
-def _forward(x, h0, v_th, beta, lo, hi, s, u, h_end):  # pragma: no cover - compiled
-    """Neurons ``lo:hi`` of ``x [T, N]`` from state ``h0 [N]``: spikes ``s``, potentials ``u``,
-    final state ``h_end``; :func:`models.neuron.lif_step`'s hard reset to 0, step by step."""
+def _forward(x, h0, v_th, beta, lo, hi, s, u, keep_u, h_end):  # pragma: no cover - compiled
+    """Neurons ``lo:hi`` of ``x [T, N]`` from state ``h0 [N]``: spikes ``s``, potentials ``u`` (when
+    ``keep_u``, for the backward), final state ``h_end``; :func:`models.neuron.lif_step`'s hard reset
+    to 0, step by step."""
     one = np.float32(1.0)
     zero = np.float32(0.0)
     h = np.empty(_BLOCK, np.float32)
@@ -46,7 +47,8 @@ def _forward(x, h0, v_th, beta, lo, hi, s, u, h_end):  # pragma: no cover - comp
             for j in range(m):
                 ut = h[j] + x[t, b0 + j]
                 st = one if ut - v_th >= zero else zero
-                u[t, b0 + j] = ut
+                if keep_u:
+                    u[t, b0 + j] = ut
                 s[t, b0 + j] = st
                 h[j] = (beta * ut) * (one - st)
         h_end[b0 : b0 + m] = h[:m]
@@ -112,14 +114,15 @@ def _parallel(fn, n: int, args_for) -> None:
 
 class _LIFWindow(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, h0: Tensor, v_th: float, beta: float, atan: bool, width: float):  # type: ignore[override]
+    def forward(ctx, x: Tensor, h0: Tensor, v_th: float, beta: float, atan: bool, width: float, grad: bool):  # type: ignore[override]
         t, n = x.shape[0], x[0].numel()
         xs = x.detach().contiguous().view(t, n).numpy()
         h = h0.detach().contiguous().view(n).numpy()
-        s, u = torch.empty(t, n, dtype=torch.float32), torch.empty(t, n, dtype=torch.float32)
+        # the potentials only where a backward will read them (an evaluation saves T x N floats)
+        s, u = torch.empty(t, n, dtype=torch.float32), torch.empty((t, n) if grad else (1, 1), dtype=torch.float32)
         h_end = torch.empty(n, dtype=torch.float32)
         vt, b = np.float32(v_th), np.float32(beta)
-        _parallel(_forward, n, lambda lo, hi: (xs, h, vt, b, lo, hi, s.numpy(), u.numpy(), h_end.numpy()))
+        _parallel(_forward, n, lambda lo, hi: (xs, h, vt, b, lo, hi, s.numpy(), u.numpy(), grad, h_end.numpy()))
         ctx.save_for_backward(u)
         ctx.constants, ctx.shape = (vt, b, bool(atan), float(width)), x.shape
         ctx.set_materialize_grads(False)
@@ -139,14 +142,15 @@ class _LIFWindow(torch.autograd.Function):
             n,
             lambda lo, hi: (gs, us, gh, g_h is not None, vt, b, atan, width, lo, hi, g_x.numpy(), g_h0.numpy()),
         )
-        return g_x.view(ctx.shape), g_h0.view(ctx.shape[1:]), None, None, None, None
+        return g_x.view(ctx.shape), g_h0.view(ctx.shape[1:]), None, None, None, None, None
 
 
 def lif_window(x: Tensor, h0: Tensor, p: LIFParams, beta: float) -> tuple[Tensor, Tensor]:
     """Spikes ``[T, ...]`` and final state of float32 currents ``x [T, ...]`` from state ``h0``, with
     decay ``beta``: :func:`models.neuron.lif_multistep` for a covered neuron (hard reset to 0),
-    gradients included."""
-    return _LIFWindow.apply(x, h0, p.v_th, beta, p.surrogate == "atan", p.width)
+    gradients included when autograd wants them."""
+    grad = torch.is_grad_enabled() and x.requires_grad
+    return _LIFWindow.apply(x, h0, p.v_th, beta, p.surrogate == "atan", p.width, grad)
 
 
 __all__ = ["lif_window"]

@@ -127,11 +127,13 @@ COMPILED_WINDOW = True
 
 
 def _compiled_window(x: Tensor, h: Tensor, p: LIFParams, beta: Tensor | float, keep_u: bool) -> bool:
-    """Whether :mod:`models.lif_window` computes this window (training on the CPU, hard reset to 0, a
-    fixed decay): the same values as the loop, in two compiled passes instead of T autograd steps."""
+    """Whether :mod:`models.lif_window` computes this window (on the CPU, hard reset to 0, a fixed
+    decay; training or evaluation): the same values as the loop, in one compiled pass forward (and
+    one backward) instead of T steps of elementwise operations."""
     return (
         COMPILED_WINDOW
-        and x.requires_grad
+        and type(x) is Tensor  # a plain tensor: not a fake or functional one under torch.export
+        and not torch.compiler.is_compiling()
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and h.dtype == torch.float32

@@ -63,9 +63,11 @@ def test_bench_training_times_both_lif_paths(tmp_path):
     p = argparse.ArgumentParser()
     bench.add_arguments(p)
     out = tmp_path / "training.json"
-    args = p.parse_args(["--preset", "tiny", "--batch", "2", "--iterations", "1", "--repeats", "1",
-                         "--threads", "1", "--json", str(out)])
-    assert bench.main(args) == 0
-    result = json.loads(out.read_text())
-    assert set(result["summary"]) == {"autograd loop", "compiled window"}
-    assert all(s["median_s"] > 0 and s["peak_rss_gib"] > 0 for s in result["summary"].values())
+    for extra in ([], ["--eval"]):
+        args = p.parse_args(["--preset", "tiny", "--batch", "2", "--iterations", "1", "--repeats", "1",
+                             "--threads", "1", "--json", str(out), *extra])
+        assert bench.main(args) == 0
+        result = json.loads(out.read_text())
+        assert result["args"]["eval"] == str(bool(extra))
+        assert set(result["summary"]) == {"autograd loop", "compiled window"}
+        assert all(s["median_s"] > 0 and s["peak_rss_gib"] > 0 for s in result["summary"].values())

@@ -105,11 +105,39 @@ def test_lif_multistep_takes_it_only_where_it_applies(monkeypatch) -> None:
     monkeypatch.setattr(neuron, "_compiled_window", spy)
     x = torch.randn(5, 2, 3)
     lif_multistep(x.requires_grad_(), LIFParams())  # training on the CPU, the paper's neuron
-    lif_multistep(x.detach(), LIFParams())  # no gradient wanted: the plain loop
+    lif_multistep(x.detach(), LIFParams())  # no gradient wanted (evaluation): forward only
     lif_multistep(x, LIFParams(surrogate="atan"))
     lif_multistep(x, LIFParams(reset="soft"))
     lif_multistep(x, LIFParams(v_reset=0.1))
     lif_multistep(x, LIFParams(), keep_u=True)  # potentials asked for
     lif_multistep(x.double(), LIFParams())
     lif_multistep(x, LIFParams(), beta=torch.tensor(0.3, requires_grad=True))  # PLIF
-    assert calls == [True, False, True, False, False, False, False, False]
+    assert calls == [True, True, True, False, False, False, False, False]
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "no_grad_wanted"])
+def test_forward_alone_equals_the_loop(mode: str) -> None:
+    """Evaluation runs the compiled forward without keeping potentials: the loop's spikes and state."""
+    p = LIFParams()
+    g = torch.Generator().manual_seed(5)
+    x, h0 = torch.randn(30, 4, 700, generator=g) * 0.4, torch.rand(4, 700, generator=g) * p.v_th
+    want = _autograd(x, h0, p)
+    context = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}.get(mode, torch.enable_grad)
+    with context():
+        got = lif_multistep(x, p, h0)
+    assert not got.spikes.requires_grad and got.u is None
+    assert torch.equal(got.spikes.view(torch.int32), want[0].view(torch.int32))
+    assert torch.equal(got.h.view(torch.int32), want[1].view(torch.int32))
+
+
+def test_not_under_torch_export() -> None:
+    """An exported graph must hold the loop's operations, not a call into compiled code."""
+
+    class Window(torch.nn.Module):
+        def forward(self, x):
+            return lif_multistep(x, LIFParams()).spikes
+
+    x = torch.randn(6, 2, 3)
+    program = torch.export.export(Window(), (x,))
+    assert torch.equal(program.module()(x), Window()(x))
+    assert not any("LIFWindow" in str(node.target) for node in program.graph.nodes)
