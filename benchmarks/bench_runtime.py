@@ -124,7 +124,7 @@ def _machine(device: str = "cpu") -> dict[str, Any]:
     import onnxruntime
     import torch
 
-    from asasnn.machine import cpu_model
+    from models.machine import cpu_model
 
     return {
         "cpu": cpu_model(),

@@ -1,4 +1,4 @@
-"""The LIF over a training window on the CPU: forward and backward each in one compiled pass.
+"""The LIF over a window on the CPU: forward and backward each in one compiled pass.
 
 Training runs :func:`models.neuron.lif_multistep` over T timesteps. As autograd sees it, that is
 five elementwise operations a step forward and about ten backward, each a full pass over the layer's
@@ -149,7 +149,7 @@ def lif_window(x: Tensor, h0: Tensor, p: LIFParams, beta: float) -> tuple[Tensor
     """Spikes ``[T, ...]`` and final state of float32 currents ``x [T, ...]`` from state ``h0``, with
     decay ``beta``: :func:`models.neuron.lif_multistep` for a covered neuron (hard reset to 0),
     gradients included when autograd wants them."""
-    grad = torch.is_grad_enabled() and x.requires_grad
+    grad = torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad)
     return _LIFWindow.apply(x, h0, p.v_th, beta, p.surrogate == "atan", p.width, grad)
 
 

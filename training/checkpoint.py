@@ -11,7 +11,7 @@ code)::
     metrics       {accuracy (vote, 0..1), nasfr, split, data} of the validation at that epoch (optional)
     command       the command line that trained it (optional)
     machines      the machines that trained it, one line each in order of first use
-                  (``asasnn.machine.describe``; optional)
+                  (``models.machine.describe``; optional)
     train_config  TrainConfig.to_dict() (optional)
     optimizer, scheduler, scaler, epoch (epochs completed), best, rng (one entry per rank)
                   the training state ``asasnn train --resume`` restores (optional)
@@ -133,11 +133,14 @@ class Checkpoint:
         kinds: dict[str, type | tuple[type, ...]] = {
             "metrics": Mapping, "command": str, "train_config": Mapping, "optimizer": Mapping,
             "scheduler": Mapping, "scaler": Mapping, "epoch": int, "best": (int, float), "rng": list,
+            "machines": list,
         }
         for key, kind in kinds.items():
             value = d.get(key)
             if value is not None and not isinstance(value, kind):
                 raise ValueError(f"{name}: checkpoint '{key}' has the wrong type ({type(value).__name__})")
+        if not all(isinstance(m, str) for m in d.get("machines") or []):
+            raise ValueError(f"{name}: checkpoint 'machines' must be a list of strings")
         known = {f.name for f in fields(cls)} - {"extra", "path"}
         kw = {k: v for k, v in d.items() if k in known}
         for key in ("config", "model", "data", "metrics", "train_config"):

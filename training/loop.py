@@ -26,8 +26,8 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader, DistributedSampler
 
-from asasnn.machine import describe
 from models.instrument import EnergyModel
+from models.machine import describe
 from models.network import SpikingNet
 from training import distributed as D
 from training.checkpoint import Checkpoint, DataInfo, Metrics, load_checkpoint, save_checkpoint

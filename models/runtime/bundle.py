@@ -108,7 +108,7 @@ class ModelCard(BaseModel):
     metrics: Metrics = Field(default_factory=Metrics)
     command: str | None = None  # the training command
     train_config: dict[str, Any] | None = None
-    trained_on: list[str] = Field(default_factory=list)  # the machines that trained it (asasnn.machine)
+    trained_on: list[str] = Field(default_factory=list)  # the machines that trained it (models.machine)
     arithmetic: ExactArithmetic | None = None  # the exact form's constants (docs/exact.md); set by the export
     onnx: OnnxInfo | None = None
     verification: Verification | None = None

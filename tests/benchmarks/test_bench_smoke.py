@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from asasnn.bench import SCRIPTS, _load
 
 
@@ -55,6 +57,7 @@ def test_bench_soak_runs_beside_hostile_clients_and_loses_nothing():
     assert "lost 0, reordered 0" in bench.report(result)
 
 
+@pytest.mark.slow
 def test_bench_training_times_both_lif_paths(tmp_path):
     import argparse
     import json

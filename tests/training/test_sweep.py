@@ -14,14 +14,15 @@ SYNTH = ["--synthetic", "sensor=[32, 32]", "--synthetic", "duration_us=400000", 
 
 
 def sweep(tmp_path, *extra: str, train: tuple[str, ...] = ()) -> int:
-    shared = [*SYNTH, "--timesteps", "6", "--dt-us", "50000", "--ds", "1", "--epochs", "1", "--batch-size", "10",
+    shared = ["--recipe", "tiny-synthetic", *SYNTH, "--timesteps", "6", "--dt-us", "50000", "--ds", "1", "--epochs", "1", "--batch-size", "10",
               "--test-clips", "2", "--threads", "1", "--cache-dir", str(tmp_path / "cache"), *train]
     pattern = str(tmp_path / "{attention}-s{seed}")
-    return main(["sweep", "--attention", "none", "causal-asa", "--seeds", "0", "1", "--run-dirs", pattern,
-                 "--no-progress", *extra, "--", *shared])
+    return main(["sweep", "--attention", "none", "causal-asa", "--seeds", "0", "1", "--run-dirs", pattern, *extra,
+                 "--", *shared])
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 14 train / eval processes on a possibly busy 2-core machine
 def test_sweep_trains_evaluates_resumes_and_tabulates(tmp_path, capsys):
     assert sweep(tmp_path) == 0
     out = capsys.readouterr().out
@@ -52,30 +53,36 @@ def test_sweep_trains_evaluates_resumes_and_tabulates(tmp_path, capsys):
     again = json.loads((tmp_path / "none-s1" / "eval-best.json").read_text())
     assert again["accuracy"] == reports["none-s1"]["accuracy"] and again["nasfr"] == reports["none-s1"]["nasfr"]
 
-    # a longer schedule resumes every run for its extra epoch (reports removed to ask for it)
-    for c in cells[:2]:
-        (c / "eval-best.json").unlink()
+    # a longer schedule resumes each run for its extra epoch and evaluates it again
     assert sweep(tmp_path, "--seeds", "0", train=("--epochs", "2")) == 0
-    rows = [json.loads(line) for line in (tmp_path / "none-s0" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2]
+    assert "kept" not in capsys.readouterr().out
+    for c in cells[:2]:
+        rows = [json.loads(line) for line in (c / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in rows] == [1, 2]
+        assert json.loads((c / "eval-best.json").read_text())["trained_on"]
 
     # a run directory that holds a run with other options is refused before anything runs
-    (tmp_path / "none-s0" / "eval-best.json").unlink()
     assert sweep(tmp_path, train=("--lr", "0.5")) == 2
     err = capsys.readouterr().err
-    assert "none-s0 holds a run with other options" in err and "lr: 0.0001 there, 0.5 here" in err
+    assert "none-s0 holds a run with other options" in err and "lr: 0.003 there, 0.5 here" in err
 
 
 def test_sweep_refuses_what_it_owns_and_bad_options(tmp_path, capsys):
     assert sweep(tmp_path, train=("--seed", "3")) == 2
     assert "--seed is the sweep's to set" in capsys.readouterr().err
     assert sweep(tmp_path, train=("--run-dir=x",)) == 2
-    assert "--run-dir=x is the sweep's to set" in capsys.readouterr().err
+    assert "--run-dir is the sweep's to set" in capsys.readouterr().err
     assert sweep(tmp_path, train=("--no-such-option",)) == 2  # the train parser says which
     assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
     assert sweep(tmp_path, train=("--atten", "asa")) == 2  # no abbreviations: the sweep owns --attention
+    assert "unrecognized arguments: --atten" in capsys.readouterr().err
     assert sweep(tmp_path, train=("--lr", "-1")) == 2
-    assert "lr" in capsys.readouterr().err
+    assert "lr must be > 0" in capsys.readouterr().err
     assert main(["sweep", "--run-dirs", str(tmp_path / "{seed}"), "--", "--recipe", "tiny-synthetic"]) == 2
     assert "gives two cells one directory" in capsys.readouterr().err
+    for pattern in ("{}", "{attention}-{seed}-{other}", "{attention"):
+        assert main(["sweep", "--run-dirs", str(tmp_path / pattern), "--", "--recipe", "tiny-synthetic"]) == 2
+        assert "is not a pattern of {attention} and {seed}" in capsys.readouterr().err
+    assert main(["sweep", "--", "--lr", "1e-4"]) == 2  # nothing named to train
+    assert "a --recipe or --config" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing was started

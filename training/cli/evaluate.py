@@ -58,8 +58,8 @@ def load_model(path: str | Path, arithmetic: str | None = None) -> tuple[Any, di
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from asasnn.machine import describe
     from models.instrument import EnergyModel
+    from models.machine import describe
     from training.config import TrainConfig
     from training.data_source import frame_dataset, open_source
     from training.distributed import pick_device
@@ -113,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
     }
     out = Path(args.json_path) if args.json_path else _default_json(Path(info["path"]), cfg.val_split)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    partial = out.with_name(out.name + ".partial")  # never a half-written report (asasnn sweep reads them)
+    partial.write_text(json.dumps(report, indent=2) + "\n")
+    partial.replace(out)
     print(
         f"{report['model']}  ({net.cfg.name}, attention {net.cfg.attention.kind}, {info['arithmetic']} arithmetic) "
         f"on the {report['data']}"

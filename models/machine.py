@@ -25,10 +25,12 @@ def cpu_model() -> str:
 
 
 def describe(device: Any = "cpu") -> str:
-    """``"<CPU model> (<n> cores), torch <version>"``, plus the GPU's name on a CUDA device."""
+    """``"<CPU model> (<n> cores), torch <version>"``, plus the GPU's name on a CUDA device; the cores
+    this process may use (a container's share, not the host's count)."""
     import torch
 
-    text = f"{cpu_model()} ({os.cpu_count()} cores), torch {torch.__version__}"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    text = f"{cpu_model()} ({cores} cores), torch {torch.__version__}"
     dev = torch.device(device)
     if dev.type == "cuda":
         text += f", GPU {torch.cuda.get_device_name(dev)}"
