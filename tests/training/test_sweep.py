@@ -53,13 +53,11 @@ def test_sweep_trains_evaluates_resumes_and_tabulates(tmp_path, capsys):
     again = json.loads((tmp_path / "none-s1" / "eval-best.json").read_text())
     assert again["accuracy"] == reports["none-s1"]["accuracy"] and again["nasfr"] == reports["none-s1"]["nasfr"]
 
-    # a longer schedule resumes each run for its extra epoch and evaluates it again
-    assert sweep(tmp_path, "--seeds", "0", train=("--epochs", "2")) == 0
+    # a longer schedule resumes the run for its extra epoch and evaluates it again
+    assert sweep(tmp_path, "--seeds", "0", "--attention", "none", train=("--epochs", "2")) == 0
     assert "kept" not in capsys.readouterr().out
-    for c in cells[:2]:
-        rows = [json.loads(line) for line in (c / "metrics.jsonl").read_text().splitlines()]
-        assert [r["epoch"] for r in rows] == [1, 2]
-        assert json.loads((c / "eval-best.json").read_text())["trained_on"]
+    rows = [json.loads(line) for line in (tmp_path / "none-s0" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
 
     # a run directory that holds a run with other options is refused before anything runs
     assert sweep(tmp_path, train=("--lr", "0.5")) == 2
