@@ -24,17 +24,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: a container's or a CPU set's share, not the host's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def describe(device: Any = "cpu") -> str:
-    """``"<CPU model> (<n> cores), torch <version>"``, plus the GPU's name on a CUDA device; the cores
-    this process may use (a container's share, not the host's count)."""
+    """``"<CPU model> (<n> cores), torch <version>"`` (:func:`usable_cores`), plus the GPU's name on a
+    CUDA device."""
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    text = f"{cpu_model()} ({cores} cores), torch {torch.__version__}"
+    text = f"{cpu_model()} ({usable_cores()} cores), torch {torch.__version__}"
     dev = torch.device(device)
     if dev.type == "cuda":
         text += f", GPU {torch.cuda.get_device_name(dev)}"
     return text
 
 
-__all__ = ["cpu_model", "describe"]
+__all__ = ["cpu_model", "describe", "usable_cores"]

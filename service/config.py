@@ -26,6 +26,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from models.machine import usable_cores
+
 # models/bundled: the directory that holds the bundled default model (models/bundled/default).
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "bundled"
 
@@ -120,7 +122,7 @@ class Settings(BaseSettings):
         """``step_threads``, or a worker's share of the cores but one (at least one)."""
         if self.step_threads is not None:
             return self.step_threads
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = usable_cores()
         return max(1, cores // self.workers - 1)
 
     @property
@@ -129,7 +131,7 @@ class Settings(BaseSettings):
         spinning on a hostile file until its timeout then leaves the other half to the streams."""
         if self.decode_workers is not None:
             return self.decode_workers
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = usable_cores()
         return max(1, cores // self.workers // 2)
 
     @property

@@ -4,13 +4,13 @@ Examples::
 
     asasnn sweep --attention none asa causal-asa --seeds 0 1 2 -- --recipe tiny-synthetic
     asasnn sweep --attention none causal-asa --seeds 0 1 2 --run-dirs 'runs/g3-{attention}-s{seed}' \\
-        -- --recipe gesture3-synthetic --lr 1e-4
+        -- --recipe gesture3-synthetic
 
 Each cell is one ``asasnn train`` (the options after ``--``, plus ``--attention``, ``--seed`` and
 ``--run-dir``) and one ``asasnn eval RUN_DIR/best.pt --json RUN_DIR/eval-best.json``, each in its own
 process, its output in ``RUN_DIR/sweep.log``, so each run's ``command.txt`` is the single command
-that reproduces it. Run the same sweep again after an interruption: a cell with a report is kept, a
-cell with a ``last.pt`` is resumed (refused if its run was started with other options), the others
+that reproduces it. Run the same sweep again after an interruption: a cell with a report is kept
+(unless ``--epochs`` now asks for more than it ran), a cell with a ``last.pt`` is resumed (refused if its run was started with other options), the others
 start. At the end the mean-and-spread tables of ``asasnn results`` (training/seeds.py) are printed,
 NASFR relative to the first attention.
 """
